@@ -1,0 +1,3 @@
+from trustedit.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Dataset specs and loaders. Files are read through ``$TRUSTEDIT_DATA_DIR`` or ``--data``."""

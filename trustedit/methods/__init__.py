@@ -1,0 +1,1 @@
+"""Method implementations that belong to no side package (baseline editors)."""

@@ -1,0 +1,136 @@
+"""Per-item scores, their aggregation, and paired bootstrap comparisons.
+
+A :class:`Score` keeps the per-item values of one metric on one model, so that:
+
+* the headline value is one aggregation (``mean`` of values, or ``ppl`` =
+  ``exp(sum(values) / sum(weights))`` for token-weighted negative log-likelihoods);
+* before/after comparisons are *paired*: the same items are resampled for both models
+  (bootstrap over items, 95 % percentile interval, fixed seed), which is the right interval
+  for a delta measured on one test set.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+AGGREGATIONS = ("mean", "ppl")
+
+
+@dataclass
+class Score:
+    """One metric measured on one model.
+
+    ``values`` are per item (1.0/0.0 for accuracies, a rate in [0,1] for token accuracies,
+    summed NLL in nats for ``ppl``). ``weights`` are per-item token counts for ``ppl``.
+    """
+
+    name: str
+    protocol: str
+    values: list[float]
+    weights: list[float] | None = None
+    aggregation: str = "mean"
+    higher_is_better: bool = True
+    unit: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")
+        if self.aggregation == "ppl" and (self.weights is None or len(self.weights) != len(self.values)):
+            raise ValueError("a ppl score needs one weight (token count) per value")
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def value(self) -> float:
+        return aggregate(np.asarray(self.values, float), None if self.weights is None else np.asarray(self.weights, float), self.aggregation)
+
+    def interval(self, n_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
+        v = np.asarray(self.values, float)
+        w = None if self.weights is None else np.asarray(self.weights, float)
+        idx = _boot_indices(len(v), n_boot, seed)
+        if idx is None:
+            return (float("nan"), float("nan"))
+        stats = _aggregate_rows(v, w, idx, self.aggregation)
+        return _percentile(stats)
+
+    def to_dict(self, n_boot: int = 1000, seed: int = 0) -> dict:
+        lo, hi = self.interval(n_boot, seed)
+        return {
+            "value": _clean(self.value),
+            "ci95": [_clean(lo), _clean(hi)],
+            "n": self.n,
+            "protocol": self.protocol,
+            "aggregation": self.aggregation,
+            "higher_is_better": self.higher_is_better,
+            **({"unit": self.unit} if self.unit else {}),
+            **({"extra": self.extra} if self.extra else {}),
+        }
+
+
+def aggregate(values: np.ndarray, weights: np.ndarray | None, how: str) -> float:
+    if len(values) == 0:
+        return float("nan")
+    if how == "mean":
+        return float(np.mean(values))
+    if how == "ppl":
+        return float(math.exp(np.sum(values) / np.sum(weights)))
+    raise ValueError(how)
+
+
+def _aggregate_rows(v, w, idx, how):
+    if how == "mean":
+        return v[idx].mean(axis=1)
+    return np.exp(v[idx].sum(axis=1) / w[idx].sum(axis=1))
+
+
+def _boot_indices(n: int, n_boot: int, seed: int):
+    if n == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, n, size=(n_boot, n))
+
+
+def _percentile(stats) -> tuple[float, float]:
+    return float(np.percentile(stats, 2.5)), float(np.percentile(stats, 97.5))
+
+
+def _clean(x: float):
+    return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else round(float(x), 6)
+
+
+def compare(pre: Score, post: Score, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Before, after and delta (after - before), each with a paired bootstrap 95 % interval.
+
+    Pairing needs the same items in the same order; this is checked.
+    """
+    if pre.name != post.name or pre.aggregation != post.aggregation:
+        raise ValueError(f"cannot compare {pre.name}/{pre.aggregation} with {post.name}/{post.aggregation}")
+    if pre.n != post.n:
+        raise ValueError(f"{pre.name}: pre has {pre.n} items, post has {post.n}; a paired comparison needs the same items")
+    v0, v1 = np.asarray(pre.values, float), np.asarray(post.values, float)
+    w0 = None if pre.weights is None else np.asarray(pre.weights, float)
+    w1 = None if post.weights is None else np.asarray(post.weights, float)
+    idx = _boot_indices(len(v0), n_boot, seed)
+    if idx is None:
+        d_lo = d_hi = float("nan")
+    else:
+        d = _aggregate_rows(v1, w1, idx, post.aggregation) - _aggregate_rows(v0, w0, idx, pre.aggregation)
+        d_lo, d_hi = _percentile(d)
+    out = {
+        "protocol": post.protocol,
+        "n": post.n,
+        "aggregation": post.aggregation,
+        "higher_is_better": post.higher_is_better,
+        "pre": pre.to_dict(n_boot, seed),
+        "post": post.to_dict(n_boot, seed),
+        "delta": {"value": _clean(post.value - pre.value), "ci95": [_clean(d_lo), _clean(d_hi)]},
+    }
+    if pre.value and math.isfinite(pre.value) and pre.value != 0:
+        out["relative_change"] = _clean((post.value - pre.value) / abs(pre.value))
+    return out
