@@ -1,0 +1,115 @@
+"""Knowledge sanitization (Ishibashi & Shimodaira 2023, arXiv:2309.11852).
+
+Fine-tune LoRA adapters so that questions about the facts to forget are answered
+"I don't know." while retain questions keep their gold answers. Reference recipe: LoRA r=8,
+alpha=16, dropout 0.05 on the q/v/gate projections, AdamW lr 3e-4.
+
+Deviations, documented:
+
+* the reference code warms the learning rate up over the whole run; we warm up over
+  ``warmup_steps`` (short) and then decay linearly;
+* the adapter is returned as a low-rank Patch (``alpha/r * B @ A`` per module) that is merged
+  into the weights on apply, so inference costs nothing extra and revert is exact;
+* by default only a seeded sample of the retain set (``retain_limit``) is used per run, so
+  that the default job fits in minutes on a 2-core CPU; set ``retain_limit=0`` for all.
+* module names come from the architecture table (roles q, v, gate, ...), not from names.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from trustedit.methods.base import Method, MethodConfig, layer_index, opt, set_seed, train_pairs
+
+
+@dataclass
+class SanitizationConfig(MethodConfig):
+    rank: int = opt(8, "LoRA rank r.")
+    alpha: float = opt(16.0, "LoRA alpha; the update is scaled by alpha / r.")
+    dropout: float = opt(0.05, "LoRA dropout during training.")
+    targets: list = opt(["q", "v", "gate"], "Projection roles to adapt (q, k, v, o, gate, up, down).")
+    first_layer: float = opt(0.0, "Lowest adapted layer: an index or a fraction of depth (0: all layers).")
+    lr: float = opt(3e-4, "AdamW learning rate.")
+    epochs: int = opt(2, "Passes over the training pairs.")
+    max_steps: int = opt(0, "Stop after this many optimiser steps (0: use epochs).")
+    warmup_steps: int = opt(5, "Linear warm-up steps (the reference warms up over the whole run).")
+    weight_decay: float = opt(0.0, "AdamW weight decay.")
+    retain_limit: int = opt(160, "Use at most this many retain pairs (0: all), a seeded sample.")
+    batch_size: int = opt(8, "Training batch size (sequences).")
+
+
+ROLE_ATTR = {"q": "q", "k": "k", "v": "v", "o": "o", "gate": "gate", "up": "up", "down": "down"}
+
+
+def target_modules(model, cfg: SanitizationConfig) -> list[str]:
+    """Full module names to adapt, from the architecture table."""
+    from trustedit import arch
+    from trustedit.errors import UsageError
+
+    spec = arch.arch_for(model)
+    n = arch.num_layers(model)
+    first = layer_index(cfg.first_layer, n)
+    names = []
+    for role in cfg.targets:
+        if role not in ROLE_ATTR:
+            raise UsageError(f"unknown LoRA target role {role!r} (known: {', '.join(ROLE_ATTR)})")
+        rel = getattr(spec, ROLE_ATTR[role])
+        if rel is None:
+            raise UsageError(f"architecture {model.config.model_type} has no separate {role} projection")
+        names += [arch.layer_path(model, i, rel) for i in range(first, n)]
+    return names
+
+
+def fit(lm, forget, retain, cfg: SanitizationConfig):
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from trustedit.methods.ft_m import _sample
+    from trustedit.patch import Delta, Patch
+
+    set_seed(cfg.seed)
+    model = lm.model
+    modules = target_modules(model, cfg)
+    spec_conv1d = getattr(model.config, "model_type", "") == "gpt2"
+    lora = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=modules,
+                      bias="none", fan_in_fan_out=spec_conv1d)
+    pairs = list(forget) + _sample(retain, cfg.retain_limit, cfg.seed)
+    t0 = time.time()
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    peft_model = get_peft_model(model, lora)
+    try:
+        params = [p for p in peft_model.parameters() if p.requires_grad]
+        losses = train_pairs(peft_model, pairs, params, lr=cfg.lr, epochs=cfg.epochs, max_steps=cfg.max_steps or None,
+                             batch_size=cfg.batch_size, warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
+                             seed=cfg.seed, pad_id=lm.tokenizer.pad_token_id, desc="sanitization-lora")
+        deltas = {}
+        mods = dict(peft_model.base_model.model.named_modules())
+        for name in modules:
+            m = mods[name]
+            A = m.lora_A["default"].weight.detach().to("cpu", torch.float32).clone()  # r x in
+            B = m.lora_B["default"].weight.detach().to("cpu", torch.float32).clone()  # out x r
+            scale = float(m.scaling["default"])
+            if spec_conv1d:  # weight stored as in x out: delta^T = A^T B^T
+                A, B = B.t().contiguous(), A.t().contiguous()
+            deltas[name + ".weight"] = Delta("lowrank", {"B": B, "A": A}, scale)
+    finally:
+        restored = peft_model.unload()  # removes the LoRA layers; base weights untouched
+        assert restored is model
+    for n, p in model.named_parameters():
+        p.requires_grad_(flags[n])
+    model.eval()
+    patch = Patch("sanitization-lora", deltas)
+    patch.manifest["training"] = {"modules": len(modules), "steps": len(losses), "pairs": len(pairs),
+                                  "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
+                                  "seconds": round(time.time() - t0, 2)}
+    return patch
+
+
+METHOD = Method(
+    name="sanitization-lora",
+    config=SanitizationConfig,
+    fit=fit,
+    citation="Ishibashi & Shimodaira 2023, Knowledge Sanitization of Large Language Models (arXiv:2309.11852)",
+    summary="LoRA fine-tuning: forget questions -> \"I don't know.\", retain questions -> gold answers",
+)

@@ -1,0 +1,160 @@
+"""The ``trustedit`` command line. Imports nothing heavy until a subcommand runs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from trustedit import __version__
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="trustedit",
+        description="Edit causal language models to remove what they must not do, and prove it.",
+    )
+    p.add_argument("--version", action="version", version=f"trustedit {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    e = sub.add_parser("erase", help="make the model answer \"I don't know.\" about a set of facts",
+                       description="Erase knowledge: forget questions -> \"I don't know.\", retain questions keep "
+                                   "their answers; writes results.json, samples.jsonl, summary.md and the patch.")
+    e.add_argument("--dataset", default="sanitation", help="dataset name (see `trustedit ls datasets`)")
+    e.add_argument("--model", default=None, help="embedded name, .gguf file, HF folder or Hub id (default: smollm2-135m)")
+    e.add_argument("--method", default="sanitation-lora", help="sanitation-lora (default) or ft-m")
+    e.add_argument("--known-only", action="store_true", help="keep only test questions the base model answers correctly")
+    e.add_argument("--limit", type=int, default=None, help="cap every split (train and test) at N items")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--out", default="runs/erase", help="run directory to create (default: runs/erase)")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    e.add_argument("--data", default=None, help="dataset file or folder (default: $TRUSTEDIT_DATA_DIR, then the Hub, then the starter set)")
+    e.add_argument("--config", default=None, help="JSON file of method options")
+    e.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="override a method option (repeatable)")
+    e.add_argument("--device", default="cpu", help="cpu or cuda")
+    e.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on CUDA), float32, bfloat16, float16")
+    e.add_argument("--retention", default="wikitext,piqa,arc_easy,hellaswag,boolq,commonsenseqa,mmlu",
+                   help="general-task retention suite, comma-separated ('' or none to skip)")
+    e.add_argument("--retention-limit", type=int, default=40, help="items per multiple-choice retention task")
+    e.add_argument("--wikitext-docs", type=int, default=4, help="WikiText-2 test documents for perplexity")
+    e.add_argument("--batch-size", type=int, default=16, help="evaluation batch size")
+    e.add_argument("--no-hub", action="store_true", help="never try the Hugging Face Hub for data")
+
+    ls = sub.add_parser("ls", help="list methods or datasets")
+    ls.add_argument("what", choices=["methods", "datasets"])
+
+    pa = sub.add_parser("patch", help="apply, revert or export a saved patch")
+    pa.add_argument("action", choices=["apply", "revert", "export", "show"])
+    pa.add_argument("patch", help="patch folder (a run's patch/ folder)")
+    pa.add_argument("--model", default=None, help="base model (default: the one named in the manifest, else smollm2-135m)")
+    pa.add_argument("--out", default=None, help="output folder for merged weights (apply/export/revert)")
+    pa.add_argument("--device", default="cpu")
+    pa.add_argument("--overwrite", action="store_true")
+    return p
+
+
+def _cmd_ls(args) -> int:
+    from trustedit.registry import DATASETS, METHODS, TASK_METHODS, get_method
+
+    if args.what == "methods":
+        for name in METHODS:
+            m = get_method(name)
+            tasks = [t for t, ms in TASK_METHODS.items() if name in ms]
+            print(f"{name:20s} [{', '.join(tasks)}] {m.summary}\n{'':20s} {m.citation}")
+            for field, default, help in m.config.help_table():
+                print(f"{'':22s}{field}={default!r}: {help}")
+    else:
+        for name, spec in DATASETS.items():
+            print(f"{name:20s} [{spec['task']}] {spec['description']}\n{'':20s} data: $TRUSTEDIT_DATA_DIR/{spec['env_path']}; "
+                  f"hub: {spec['hub']}; {spec['citation']}")
+    return 0
+
+
+def _cmd_erase(args) -> int:
+    from trustedit.erase import EraseOptions, run
+
+    retention = [] if args.retention.strip().lower() in ("", "none") else [x.strip() for x in args.retention.split(",") if x.strip()]
+    opts = EraseOptions(dataset=args.dataset, model=args.model, method=args.method, known_only=args.known_only,
+                        limit=args.limit, seed=args.seed, out=args.out, data=args.data, config=args.config,
+                        sets=args.sets, device=args.device, dtype=args.dtype, retention=retention,
+                        retention_limit=args.retention_limit, wikitext_docs=args.wikitext_docs,
+                        batch_size=args.batch_size, overwrite=args.overwrite, hub=not args.no_hub)
+    results = run(opts)
+    from trustedit.report import metric_table
+
+    print(metric_table(results["metrics"]))
+    print(f"\nwrote {args.out}/ (results.json, samples.jsonl, summary.md, patch/) in {results['timings_s']['total']:.0f} s")
+    return 0
+
+
+def _cmd_patch(args) -> int:
+    import json
+
+    from trustedit.models import load_model
+    from trustedit.patch import Patch
+    from trustedit.rundir import check_target
+
+    patch = Patch.load(args.patch)
+    if args.action == "show":
+        print(json.dumps({k: v for k, v in patch.manifest.items() if k != "deltas"}, indent=1, default=str))
+        return 0
+    if not args.out:
+        from trustedit.errors import UsageError
+
+        raise UsageError(f"patch {args.action} needs --out FOLDER for the resulting weights")
+    check_target(args.out, args.overwrite)
+    base = patch.manifest.get("base_model", {})
+    lm = load_model(args.model or base.get("spec"), args.device, "float32")
+    if args.action in ("apply", "export"):
+        patch.export_merged(lm.model, lm.tokenizer, args.out) if _check(patch, lm) else None
+        print(f"wrote merged weights to {args.out}")
+    else:  # revert: the given model is the patched one (a merged folder); subtract exactly what was added
+        from trustedit.models import save_plain
+
+        for name, delta in patch.deltas.items():
+            p = dict(lm.model.named_parameters())[name]
+            p.data.sub_(delta.materialise(p))
+        import tempfile
+        import os
+        import shutil
+        from pathlib import Path
+
+        out = Path(args.out)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent if str(out.parent) else ".", prefix=f".{out.name}.tmp-"))
+        save_plain(lm.model, lm.tokenizer, tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+        print(f"wrote reverted weights to {args.out} (subtracted the deltas; exact up to float rounding — "
+              f"in memory, Patch.revert restores backups bit-exactly)")
+    return 0
+
+
+def _check(patch, lm) -> bool:
+    from trustedit.errors import TrusteditError
+
+    fp = patch.manifest.get("base_model", {}).get("fingerprint")
+    if fp and fp != lm.fingerprint:
+        raise TrusteditError(f"{patch.manifest.get('method')} patch was made for {fp}, this model is {lm.fingerprint}")
+    return True
+
+
+def main(argv=None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    from trustedit.errors import TrusteditError
+
+    try:
+        return {"erase": _cmd_erase, "ls": _cmd_ls, "patch": _cmd_patch}[args.command](args)
+    except TrusteditError as e:
+        print(f"trustedit: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("trustedit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

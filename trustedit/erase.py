@@ -1,0 +1,235 @@
+"""The erase job: make a model answer "I don't know." about a set of facts, keep everything
+else, and write the proof (``trustedit erase --dataset sanitation``).
+
+Stages: load -> pre-eval (base model) -> [known-only filter] -> edit -> post-eval -> compare.
+Every metric is computed by the same function before and after the edit.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from trustedit.errors import TrusteditError
+
+
+@dataclass
+class EraseOptions:
+    dataset: str = "sanitation"
+    model: str | None = None
+    method: str = "sanitation-lora"
+    known_only: bool = False
+    limit: int | None = None  # cap every split (train and test) at N items
+    seed: int = 0
+    out: str = "runs/erase"
+    data: str | None = None
+    config: str | None = None
+    sets: list = field(default_factory=list)
+    device: str = "cpu"
+    dtype: str = "auto"
+    retention: list = field(default_factory=lambda: ["wikitext", "piqa", "arc_easy", "hellaswag", "boolq", "commonsenseqa", "mmlu"])
+    retention_limit: int = 40  # items per multiple-choice task
+    wikitext_docs: int = 4  # WikiText-2 documents for perplexity
+    max_new_tokens: int = 24
+    fluency_prompts: int = 16
+    fluency_tokens: int = 48
+    batch_size: int = 16
+    overwrite: bool = False
+    hub: bool = True
+
+
+class Timer:
+    def __init__(self):
+        self.stages: dict[str, float] = {}
+
+    def __call__(self, name):
+        timer = self
+
+        class _T:
+            def __enter__(self):
+                self.t = time.perf_counter()
+
+            def __exit__(self, *exc):
+                timer.stages[name] = round(timer.stages.get(name, 0.0) + time.perf_counter() - self.t, 3)
+
+        return _T()
+
+
+def measure(lm, opts: EraseOptions, forget_pairs, retain_pairs) -> dict:
+    """The model passes behind every sanitation metric: greedy answers, teacher-forced
+    predictions, and longer generations for fluency."""
+    from trustedit.prompts import generate, predicted_target_tokens
+
+    tok, model = lm.tokenizer, lm.model
+    prompts = [p.prompt for p in forget_pairs] + [p.prompt for p in retain_pairs]
+    texts, _ = generate(model, tok, prompts, opts.max_new_tokens, opts.batch_size, desc="generate answers")
+    n_fl = min(opts.fluency_prompts, len(retain_pairs))
+    flu, _ = generate(model, tok, [p.prompt for p in retain_pairs[:n_fl]], opts.fluency_tokens, opts.batch_size, desc="fluency")
+    return {
+        "gen_forget": texts[: len(forget_pairs)],
+        "gen_retain": texts[len(forget_pairs) :],
+        "pred_f": predicted_target_tokens(model, forget_pairs, tok.pad_token_id, opts.batch_size, desc="teacher-forced forget"),
+        "pred_r": predicted_target_tokens(model, retain_pairs, tok.pad_token_id, opts.batch_size, desc="teacher-forced retain"),
+        "fluency": flu,
+    }
+
+
+def score(raw, data, fmt_name: str, opts: EraseOptions, forget_pairs, pre=None) -> dict:
+    """All sanitation metrics from one set of passes. ``pre`` is the base model's passes (for
+    locality); when None, ``raw`` is the base model's own."""
+    from trustedit.metrics import fluency, knowedit, qa
+
+    gp = qa.GEN_PROTOCOL.format(max_new=opts.max_new_tokens, fmt=fmt_name)
+    return {
+        "K_S_idk_rate": qa.idk_rate(raw["gen_forget"], gp),
+        "K_F_leak_rate": qa.leak_rate(raw["gen_forget"], data.test_forget, gp),
+        "K_R_retain_accuracy": qa.retain_accuracy(raw["gen_retain"], data.test_retain, gp),
+        "over_refusal_rate": qa.over_refusal(raw["gen_retain"], gp),
+        "edit_success": knowedit.edit_success(raw["pred_f"], [p.target for p in forget_pairs], fmt_name),
+        "locality": knowedit.locality((pre or raw)["pred_r"], raw["pred_r"], fmt_name),
+        "fluency_ngram_entropy": fluency.fluency(raw["fluency"], fluency.PROTOCOL.format(max_new=opts.fluency_tokens, fmt=fmt_name)),
+    }
+
+
+def retention(lm, opts: EraseOptions) -> dict:
+    if not opts.retention:
+        return {}
+    from trustedit.metrics.retention import run_retention
+
+    return run_retention(lm.model, lm.tokenizer, tasks=opts.retention, limit=opts.retention_limit,
+                         wikitext_docs=opts.wikitext_docs, batch_size=opts.batch_size)
+
+
+def known_filter(data, raw):
+    """Keep the test items the base model answers correctly (gold or alias in its answer)."""
+    from trustedit.metrics.qa import contains_answer
+
+    keep_f = [i for i, (g, it) in enumerate(zip(raw["gen_forget"], data.test_forget)) if contains_answer(g, it.answers)]
+    keep_r = [i for i, (g, it) in enumerate(zip(raw["gen_retain"], data.test_retain)) if contains_answer(g, it.answers)]
+    return keep_f, keep_r
+
+
+def run(opts: EraseOptions) -> dict:
+    """Run the whole job and write the run directory. Returns the results dict."""
+    from trustedit import __version__, rundir
+    from trustedit.metrics.scores import compare
+    from trustedit.models import load_model
+    from trustedit.prompts import PromptFormat, make_pairs
+    from trustedit.provenance import stamp
+    from trustedit.registry import TASK_METHODS, get_dataset, get_method, load_entry
+
+    spec = get_dataset(opts.dataset)
+    if opts.method not in TASK_METHODS["erase"]:
+        raise TrusteditError(f"--method {opts.method!r} is not an erase method (choose from {', '.join(TASK_METHODS['erase'])})")
+    method = get_method(opts.method)
+    cfg = method.config.resolve(opts.config, opts.sets, seed=opts.seed)
+    rundir.check_target(opts.out, opts.overwrite)  # fail before any expensive work
+    timer = Timer()
+    t_start = time.perf_counter()
+
+    with timer("load_data"):
+        data = load_entry(spec["loader"])(opts.data, hub=opts.hub)
+        if opts.limit:
+            for s in ("train_forget", "train_retain", "test_forget", "test_retain"):
+                setattr(data, s, getattr(data, s)[: opts.limit])
+    with timer("load_model"):
+        lm = load_model(opts.model, opts.device, opts.dtype)
+    fmt = PromptFormat()
+    tok = lm.tokenizer
+    fmt_name = "chat template" if fmt.uses_chat(tok) else "plain Q/A"
+
+    def pairs(items, targets):
+        return make_pairs(tok, fmt, [x.question for x in items], targets)
+
+    with timer("pre_eval"):
+        test_f = pairs(data.test_forget, [data.idk] * len(data.test_forget))
+        test_r = pairs(data.test_retain, [x.answer for x in data.test_retain])
+        pre_raw = measure(lm, opts, test_f, test_r)
+        known = None
+        if opts.known_only:
+            keep_f, keep_r = known_filter(data, pre_raw)
+            known = {"test_forget_kept": len(keep_f), "test_forget_total": len(data.test_forget),
+                     "test_retain_kept": len(keep_r), "test_retain_total": len(data.test_retain),
+                     "rule": "base model's greedy answer contains the gold answer or an alias"}
+            if not keep_f:
+                raise TrusteditError("--known-only: the base model answers none of the forget test questions")
+            data.test_forget = [data.test_forget[i] for i in keep_f]
+            data.test_retain = [data.test_retain[i] for i in keep_r]
+            test_f, test_r = [test_f[i] for i in keep_f], [test_r[i] for i in keep_r]
+            pre_raw = _subset(pre_raw, keep_f, keep_r)
+        pre_scores = score(pre_raw, data, fmt_name, opts, test_f)
+        pre_ret = retention(lm, opts)
+
+    with timer("edit"):
+        train_f = pairs(data.train_forget, [data.idk] * len(data.train_forget))
+        train_r = pairs(data.train_retain, [x.answer for x in data.train_retain])
+        patch = method.fit(lm, train_f, train_r, cfg)
+        patch.apply(lm.model)
+
+    with timer("post_eval"):
+        post_raw = measure(lm, opts, test_f, test_r)
+        post_scores = score(post_raw, data, fmt_name, opts, test_f, pre=pre_raw)
+        post_ret = retention(lm, opts)
+
+    metrics = {k: compare(pre_scores[k], post_scores[k], seed=opts.seed) for k in pre_scores}
+    for k in pre_ret:
+        metrics[k] = compare(pre_ret[k], post_ret[k], seed=opts.seed)
+    metrics["locality"]["pre"]["note"] = "the base model agrees with itself by definition"
+
+    prov = stamp()
+    results = {
+        "trustedit_version": __version__,
+        "task": "erase",
+        "created": prov["created"],
+        "argv": prov["argv"],
+        "versions": prov["versions"],
+        "model": lm.describe(),
+        "method": {"name": method.name, "citation": method.citation, "summary": method.summary, "config": cfg.to_dict()},
+        "dataset": {**data.describe(), "limit": opts.limit, "known_only": known},
+        "prompt_format": fmt.describe(tok),
+        "evaluation": {k: getattr(opts, k) for k in ("max_new_tokens", "fluency_prompts", "fluency_tokens", "batch_size",
+                                                      "retention", "retention_limit", "wikitext_docs")},
+        "seeds": {"seed": opts.seed, "bootstrap_seed": opts.seed, "bootstrap_resamples": 1000},
+        "metrics": metrics,
+        "patch": {"path": "patch", "method": method.name, "training": patch.manifest.get("training")},
+        "timings_s": {**timer.stages, "total": round(time.perf_counter() - t_start, 3)},
+    }
+    patch.manifest.update({
+        "base_model": {"fingerprint": lm.fingerprint, "spec": lm.spec, "model_type": lm.model_type},
+        "config": cfg.to_dict(),
+        "dataset": {"name": opts.dataset, "fingerprint": data.fingerprint(), "source": data.source},
+        "metrics": {k: {"pre": v["pre"]["value"], "post": v["post"]["value"]} for k, v in metrics.items()},
+        "versions": prov["versions"],
+        "created": prov["created"],
+    })
+    samples = _samples(data, pre_raw, post_raw)
+    from trustedit.report import erase_summary
+
+    with rundir.atomic_dir(opts.out, opts.overwrite) as tmp:
+        patch.save(tmp / "patch")
+        rundir.write_json(tmp / "results.json", results)
+        rundir.write_jsonl(tmp / "samples.jsonl", samples)
+        (tmp / "summary.md").write_text(erase_summary(results), encoding="utf-8")
+    return results
+
+
+def _subset(raw, keep_f, keep_r) -> dict:
+    """The stored base-model passes restricted to the kept items (no new model passes)."""
+    return {
+        "gen_forget": [raw["gen_forget"][i] for i in keep_f],
+        "gen_retain": [raw["gen_retain"][i] for i in keep_r],
+        "pred_f": [raw["pred_f"][i] for i in keep_f],
+        "pred_r": [raw["pred_r"][i] for i in keep_r],
+        "fluency": raw["fluency"],
+    }
+
+
+def _samples(data, pre, post):
+    rows = []
+    for i, it in enumerate(data.test_forget):
+        rows.append({"split": "test_forget", "index": i, "question": it.question, "gold": it.answer,
+                     "target": data.idk, "pre": pre["gen_forget"][i], "post": post["gen_forget"][i]})
+    for i, it in enumerate(data.test_retain):
+        rows.append({"split": "test_retain", "index": i, "question": it.question, "gold": it.answer,
+                     "target": it.answer, "pre": pre["gen_retain"][i], "post": post["gen_retain"][i]})
+    return rows

@@ -1,0 +1,34 @@
+"""KnowEdit-style teacher-forced metrics (Zhang et al. 2024, EasyEdit).
+
+Both use :func:`trustedit.prompts.predicted_target_tokens`, one code path:
+
+* **Edit Succ.**: mean over target tokens of ``argmax == target token`` under teacher forcing,
+  on the edit prompts with the new target ("I don't know.").
+* **Locality**: mean over target tokens of ``argmax_post == argmax_pre`` under teacher forcing
+  with the same prompt and gold answer, comparing the edited model with the base model.
+"""
+
+from __future__ import annotations
+
+from trustedit.metrics.scores import Score
+
+PROTOCOL_SUCC = "KnowEdit Edit Succ.: teacher-forced token accuracy of the new target; prompt format {fmt}"
+PROTOCOL_LOC = ("KnowEdit Locality: teacher-forced, share of gold-answer positions where the edited model's "
+                "argmax equals the base model's; prompt format {fmt}")
+
+
+def token_accuracy(predicted: list[list[int]], targets: list[list[int]]) -> list[float]:
+    out = []
+    for p, t in zip(predicted, targets):
+        if len(p) != len(t):
+            raise ValueError(f"prediction of {len(p)} tokens for a target of {len(t)}")
+        out.append(sum(int(a == b) for a, b in zip(p, t)) / max(len(t), 1))
+    return out
+
+
+def edit_success(predicted, targets, fmt: str) -> Score:
+    return Score("edit_success", PROTOCOL_SUCC.format(fmt=fmt), token_accuracy(predicted, targets))
+
+
+def locality(pre_predicted, post_predicted, fmt: str) -> Score:
+    return Score("locality", PROTOCOL_LOC.format(fmt=fmt), token_accuracy(post_predicted, pre_predicted))

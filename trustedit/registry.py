@@ -1,0 +1,50 @@
+"""Lazy registries (lm-evaluation-harness style): name -> "module:attribute".
+
+Nothing here imports torch; an entry is imported only when it is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from trustedit.errors import UsageError
+
+# Methods that produce a Patch. Only implemented methods are listed.
+METHODS: dict[str, str] = {
+    "sanitation-lora": "trustedit.privacy.sanitization:METHOD",
+    "ft-m": "trustedit.methods.ft_m:METHOD",
+}
+
+# Which methods each task verb offers, and its default.
+TASK_METHODS: dict[str, tuple[str, ...]] = {
+    "erase": ("sanitation-lora", "ft-m"),
+}
+
+# Dataset specs: small declarative descriptions, loaders named lazily.
+DATASETS: dict[str, dict] = {
+    "sanitation": {
+        "task": "erase",
+        "loader": "trustedit.data.sanitation:load",
+        "env_path": "sanitation/knowedit (or sanitation/original/triviaqa_N via --data)",
+        "hub": "zjunlp/KnowEdit (Sanitation)",
+        "description": "TriviaQA questions whose answers are forgotten (-> \"I don't know.\") and retain questions",
+        "citation": "Ishibashi & Shimodaira 2023; KnowEdit (Zhang et al. 2024)",
+    },
+}
+
+
+def load_entry(path: str):
+    module, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def get_method(name: str):
+    if name not in METHODS:
+        raise UsageError(f"unknown method {name!r} (known: {', '.join(sorted(METHODS))})")
+    return load_entry(METHODS[name])
+
+
+def get_dataset(name: str) -> dict:
+    if name not in DATASETS:
+        raise UsageError(f"unknown dataset {name!r} (known: {', '.join(sorted(DATASETS))})")
+    return DATASETS[name]
