@@ -69,16 +69,22 @@ def _cmd_ls(args) -> int:
     return 0
 
 
-def _cmd_erase(args) -> int:
-    from trustedit.erase import EraseOptions, run
+def erase_options(args):
+    """EraseOptions from parsed ``erase`` arguments."""
+    from trustedit.erase import EraseOptions
 
     retention = [] if args.retention.strip().lower() in ("", "none") else [x.strip() for x in args.retention.split(",") if x.strip()]
-    opts = EraseOptions(dataset=args.dataset, model=args.model, method=args.method, known_only=args.known_only,
+    return EraseOptions(dataset=args.dataset, model=args.model, method=args.method, known_only=args.known_only,
                         limit=args.limit, seed=args.seed, out=args.out, data=args.data, config=args.config,
                         sets=args.sets, device=args.device, dtype=args.dtype, retention=retention,
                         retention_limit=args.retention_limit, wikitext_docs=args.wikitext_docs,
                         batch_size=args.batch_size, overwrite=args.overwrite, hub=not args.no_hub)
-    results = run(opts)
+
+
+def _cmd_erase(args) -> int:
+    from trustedit.erase import run
+
+    results = run(erase_options(args))
     from trustedit.report import metric_table
 
     print(metric_table(results["metrics"]))
@@ -101,41 +107,33 @@ def _cmd_patch(args) -> int:
         from trustedit.errors import UsageError
 
         raise UsageError(f"patch {args.action} needs --out FOLDER for the resulting weights")
+    if args.action == "revert" and not args.model:
+        from trustedit.errors import UsageError
+
+        raise UsageError("patch revert needs --model MERGED_FOLDER (the patched weights to undo)")
     check_target(args.out, args.overwrite)
     base = patch.manifest.get("base_model", {})
     lm = load_model(args.model or base.get("spec"), args.device, "float32")
     if args.action in ("apply", "export"):
-        patch.export_merged(lm.model, lm.tokenizer, args.out) if _check(patch, lm) else None
+        _check(patch, lm)
+        patch.export_merged(lm.model, lm.tokenizer, args.out)
         print(f"wrote merged weights to {args.out}")
-    else:  # revert: the given model is the patched one (a merged folder); subtract exactly what was added
-        from trustedit.models import save_plain
+    else:  # revert: --model is a merged (patched) folder; subtract the deltas
+        from trustedit.models import save_folder
 
-        for name, delta in patch.deltas.items():
-            p = dict(lm.model.named_parameters())[name]
-            p.data.sub_(delta.materialise(p))
-        import tempfile
-        import os
-        import shutil
-        from pathlib import Path
-
-        out = Path(args.out)
-        tmp = Path(tempfile.mkdtemp(dir=out.parent if str(out.parent) else ".", prefix=f".{out.name}.tmp-"))
-        save_plain(lm.model, lm.tokenizer, tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-        print(f"wrote reverted weights to {args.out} (subtracted the deltas; exact up to float rounding — "
-              f"in memory, Patch.revert restores backups bit-exactly)")
+        patch.unmerge(lm.model)
+        save_folder(lm.model, lm.tokenizer, args.out)
+        print(f"wrote {args.out}: the deltas subtracted from {args.model} (exact up to float rounding; "
+              "in memory, Patch.revert is bit-exact)")
     return 0
 
 
-def _check(patch, lm) -> bool:
+def _check(patch, lm) -> None:
     from trustedit.errors import TrusteditError
 
     fp = patch.manifest.get("base_model", {}).get("fingerprint")
     if fp and fp != lm.fingerprint:
         raise TrusteditError(f"{patch.manifest.get('method')} patch was made for {fp}, this model is {lm.fingerprint}")
-    return True
 
 
 def main(argv=None) -> int:

@@ -7,7 +7,6 @@ Every metric is computed by the same function before and after the edit.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 from trustedit.errors import TrusteditError
@@ -36,23 +35,6 @@ class EraseOptions:
     batch_size: int = 16
     overwrite: bool = False
     hub: bool = True
-
-
-class Timer:
-    def __init__(self):
-        self.stages: dict[str, float] = {}
-
-    def __call__(self, name):
-        timer = self
-
-        class _T:
-            def __enter__(self):
-                self.t = time.perf_counter()
-
-            def __exit__(self, *exc):
-                timer.stages[name] = round(timer.stages.get(name, 0.0) + time.perf_counter() - self.t, 3)
-
-        return _T()
 
 
 def measure(lm, opts: EraseOptions, forget_pairs, retain_pairs) -> dict:
@@ -124,8 +106,9 @@ def run(opts: EraseOptions) -> dict:
     method = get_method(opts.method)
     cfg = method.config.resolve(opts.config, opts.sets, seed=opts.seed)
     rundir.check_target(opts.out, opts.overwrite)  # fail before any expensive work
-    timer = Timer()
-    t_start = time.perf_counter()
+    from trustedit.profiling import Stages
+
+    timer = Stages()
 
     with timer("load_data"):
         data = load_entry(spec["loader"])(opts.data, hub=opts.hub)
@@ -192,7 +175,8 @@ def run(opts: EraseOptions) -> dict:
         "seeds": {"seed": opts.seed, "bootstrap_seed": opts.seed, "bootstrap_resamples": 1000},
         "metrics": metrics,
         "patch": {"path": "patch", "method": method.name, "training": patch.manifest.get("training")},
-        "timings_s": {**timer.stages, "total": round(time.perf_counter() - t_start, 3)},
+        "timings_s": timer.to_dict()["seconds"],
+        "peak_memory_mb": {k: v for k, v in timer.to_dict().items() if k.startswith("peak")},
     }
     patch.manifest.update({
         "base_model": {"fingerprint": lm.fingerprint, "spec": lm.spec, "model_type": lm.model_type},

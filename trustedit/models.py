@@ -14,6 +14,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from trustedit.rundir import make_tmp_dir
 from trustedit.errors import ArchitectureError, TrusteditError
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -152,7 +153,7 @@ def resolve(spec: str | None) -> tuple[str, str, str]:
 def gguf_to_folder(gguf_path: Path) -> tuple[Path, str]:
     """Convert a GGUF file to an fp32 safetensors folder once; return (folder, sha256)."""
     digest = sha256_file(gguf_path)
-    folder = cache_root() / "converted" / digest[:32]
+    folder = cache_root() / "converted" / f"{digest[:32]}-v{CONVERT_VERSION}"
     if (folder / "trustedit-converted.json").is_file():
         return folder, digest
     import torch
@@ -161,12 +162,11 @@ def gguf_to_folder(gguf_path: Path) -> tuple[Path, str]:
     tok = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tmp-"))
+    tmp = make_tmp_dir(folder)
     try:
         save_plain(model, tok, tmp)
-        (tmp / "trustedit-converted.json").write_text(
-            json.dumps({"gguf": str(gguf_path), "sha256": digest, "dtype": "float32"}, indent=1)
-        )
+        meta = {"gguf": str(gguf_path), "sha256": digest, "dtype": "float32", **gguf_tokenizer_flags(gguf_path)}
+        (tmp / "trustedit-converted.json").write_text(json.dumps(meta, indent=1))
         if folder.exists():  # a concurrent conversion won the race
             shutil.rmtree(tmp)
         else:
@@ -175,6 +175,22 @@ def gguf_to_folder(gguf_path: Path) -> tuple[Path, str]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder, digest
+
+
+CONVERT_VERSION = 2
+
+
+def gguf_tokenizer_flags(gguf_path: Path) -> dict:
+    """The GGUF's own BOS/EOS policy (transformers' conversion drops it)."""
+    from gguf import GGUFReader
+
+    out = {}
+    fields = GGUFReader(str(gguf_path)).fields
+    for key, name in (("tokenizer.ggml.add_bos_token", "add_bos_token"), ("tokenizer.ggml.add_eos_token", "add_eos_token")):
+        f = fields.get(key)
+        if f is not None and f.data:
+            out[name] = bool(f.parts[f.data[0]][0])
+    return out
 
 
 def save_plain(model, tokenizer, folder: Path) -> None:
@@ -194,6 +210,24 @@ def save_plain(model, tokenizer, folder: Path) -> None:
         gen.save_pretrained(folder)
     save_model(model, str(folder / "model.safetensors"), metadata={"format": "pt"})
     tokenizer.save_pretrained(folder)
+
+
+def save_folder(model, tokenizer, out, extra: dict | None = None) -> Path:
+    """Atomically write a plain HF folder at ``out`` (plus ``extra`` name -> text files)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = make_tmp_dir(out)
+    try:
+        save_plain(model, tokenizer, tmp)
+        for name, text in (extra or {}).items():
+            (tmp / name).write_text(text)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
 
 
 def folder_fingerprint(folder: Path) -> str:
@@ -244,6 +278,8 @@ def load_model(spec: str | None = None, device: str | None = "cpu", dtype: str |
         fingerprint = "gguf-sha256:" + digest
         info["gguf"] = location
         load_from = str(folder)
+        info.update({k: v for k, v in json.loads((folder / "trustedit-converted.json").read_text()).items()
+                     if k.startswith("add_")})
     elif kind == "folder":
         load_from = location
         fingerprint = "folder-sha256:" + folder_fingerprint(Path(location))
@@ -264,4 +300,9 @@ def load_model(spec: str | None = None, device: str | None = "cpu", dtype: str |
     model.eval()
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
+    if "add_bos_token" in info:  # the GGUF's policy, which PromptFormat and the scorers follow
+        tok.add_bos_token = info["add_bos_token"]
+    max_pos = getattr(model.config, "max_position_embeddings", None)
+    if max_pos and (tok.model_max_length is None or tok.model_max_length > 10 * max_pos):
+        tok.model_max_length = max_pos
     return LoadedModel(model, tok, display, location, fingerprint, device, dtype_name, info)

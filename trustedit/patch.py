@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from trustedit.rundir import make_tmp_dir
 from trustedit.errors import TrusteditError
 
 PATCH_FORMAT = "trustedit-patch/1"
@@ -110,7 +111,7 @@ class Patch:
 
         folder = Path(folder)
         folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
+        tmp = make_tmp_dir(folder)
         try:
             tensors, index = {}, {}
             for i, (name, delta) in enumerate(sorted(self.deltas.items())):
@@ -163,27 +164,30 @@ class Patch:
 
     def export_merged(self, model, tokenizer, folder: str | os.PathLike) -> Path:
         """Save the patched model as a plain HF folder (applies temporarily if needed)."""
-        from trustedit.models import save_plain
+        from trustedit.models import save_folder
 
-        folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
         was_applied = self.applied
         if not was_applied:
             self.apply(model)
-        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
         try:
-            save_plain(model, tokenizer, tmp)
-            (tmp / "trustedit-patch.json").write_text(json.dumps({k: v for k, v in self.manifest.items() if k != "deltas"}, indent=1, default=str))
-            if folder.exists():
-                shutil.rmtree(folder)
-            os.replace(tmp, folder)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            info = json.dumps({k: v for k, v in self.manifest.items() if k != "deltas"}, indent=1, default=str)
+            return save_folder(model, tokenizer, folder, {"trustedit-patch.json": info})
         finally:
             if not was_applied:
                 self.revert(model)
-        return folder
+
+    def unmerge(self, model) -> None:
+        """Subtract every delta from a model that has it merged in (e.g. an exported folder).
+
+        Exact only up to float rounding: ``(w + d) - d`` need not equal ``w``. In memory,
+        :meth:`revert` restores the backed-up weights bit for bit; use that where possible.
+        """
+        import torch
+
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, delta in self.deltas.items():
+                params[name].sub_(delta.materialise(params[name]))
 
 
 def dense_patch_from(model, before: dict, method: str, manifest: dict | None = None) -> Patch:

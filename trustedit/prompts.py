@@ -131,14 +131,78 @@ def shift_for_next_token(logits, labels, input_ids=None):
     return logits[:, :-1], labels[:, 1:]
 
 
-def token_nll(model, batch):
-    """Per-row summed NLL and number of target tokens, plus the next-token argmax per position."""
+def common_prefix_len(seqs) -> int:
+    """Length of the longest token prefix shared by every sequence."""
+    if not seqs:
+        return 0
+    first, n = seqs[0], min(len(x) for x in seqs)
+    i = 0
+    while i < n and all(x[i] == first[i] for x in seqs):
+        i += 1
+    return i
+
+
+class PrefixCache:
+    """The KV cache of a prompt prefix shared by many sequences (e.g. a chat template's system
+    message), computed once and copied per batch. Used only at inference: the prefix must be
+    computed by the same weights, so a cache is valid for one model state only."""
+
+    MIN_LEN = 8
+
+    def __init__(self, model, prefix: list[int]):
+        import torch
+
+        self.prefix = list(prefix)
+        device = next(model.parameters()).device
+        with torch.inference_mode():
+            out = model(input_ids=torch.tensor([self.prefix], device=device), use_cache=True)
+        self.cache = out.past_key_values
+
+    @classmethod
+    def for_sequences(cls, model, seqs, keep_last: int = 1):
+        """A cache for the common prefix of ``seqs`` (leaving at least ``keep_last`` tokens of
+        each sequence outside it), or None when sharing is not worthwhile or not supported."""
+        from transformers import DynamicCache
+
+        n = min(common_prefix_len(seqs), min(len(x) for x in seqs) - keep_last) if seqs else 0
+        if n < cls.MIN_LEN:
+            return None
+        pc = cls(model, seqs[0][:n])
+        return pc if isinstance(pc.cache, DynamicCache) else None
+
+    def __len__(self):
+        return len(self.prefix)
+
+    def expand(self, batch_size: int):
+        import copy
+
+        c = copy.deepcopy(self.cache)
+        c.batch_repeat_interleave(batch_size)
+        return c
+
+
+def _forward(model, input_ids, attention_mask, prefix: PrefixCache | None = None):
+    """Logits for ``input_ids``; with ``prefix`` the rows are continuations of the cached prefix
+    (``input_ids`` then excludes it)."""
+    import torch
+
+    if prefix is None:
+        return model(input_ids=input_ids, attention_mask=attention_mask).logits
+    b = input_ids.shape[0]
+    mask = torch.cat([torch.ones((b, len(prefix)), dtype=attention_mask.dtype, device=attention_mask.device), attention_mask], 1)
+    return model(input_ids=input_ids, attention_mask=mask, past_key_values=prefix.expand(b), use_cache=True).logits
+
+
+def token_nll(model, batch, prefix: PrefixCache | None = None):
+    """Per-row summed NLL and number of target tokens, plus the next-token argmax per position.
+
+    With ``prefix``, ``batch`` holds the sequences with the prefix's tokens removed."""
     import torch
 
     device = next(model.parameters()).device
     b = {k: v.to(device) for k, v in batch.items()}
-    out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
-    logits, labels = shift_for_next_token(out.logits, b["labels"], b["input_ids"])
+    logits = _forward(model, b["input_ids"], b["attention_mask"], prefix)
+    logits, labels = shift_for_next_token(logits, b["labels"], b["input_ids"])
     logp = torch.log_softmax(logits.float(), dim=-1)
     mask = labels != IGNORE
     safe = labels.clamp_min(0)
@@ -163,26 +227,36 @@ def batches(items, batch_size: int, key=None):
         yield idx, [items[i] for i in idx]
 
 
-def predicted_target_tokens(model, pairs: list[Pair], pad_id: int, batch_size: int = 16, desc="teacher-forced"):
+def predicted_target_tokens(model, pairs: list[Pair], pad_id: int, batch_size: int = 16, desc="teacher-forced",
+                            share_prefix: bool = True):
     """Teacher forcing: for each pair, the model's argmax at each target position (one list of
-    ids per pair, aligned with ``pair.target``). Used by Edit Succ. and Locality alike."""
+    ids per pair, aligned with ``pair.target``). Used by Edit Succ. and Locality alike.
+
+    ``share_prefix`` computes the prompts' common prefix (a chat template's system turn) once."""
     import torch
     from tqdm.auto import tqdm
 
     out: list[list[int] | None] = [None] * len(pairs)
+    prefix = PrefixCache.for_sequences(model, [p.prompt for p in pairs]) if share_prefix else None
+    cut = len(prefix) if prefix else 0
     with torch.inference_mode():
         for idx, chunk in tqdm(list(batches(pairs, batch_size, key=lambda p: len(p.input_ids))), desc=desc, leave=False):
-            batch = collate(chunk, pad_id)
-            _, _, pred, labels = token_nll(model, batch)
+            batch = collate([Pair(p.prompt[cut:], p.target) for p in chunk], pad_id)
+            _, _, pred, labels = token_nll(model, batch, prefix)
             for j, i in enumerate(idx):
                 keep = labels[j] != IGNORE
                 out[i] = pred[j][keep.to(pred.device)].tolist()
     return out
 
 
-def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int = 24, batch_size: int = 16, desc="generate"):
+def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int = 24, batch_size: int = 16, desc="generate",
+             share_prefix: bool = True):
     """Batched greedy decoding with left padding and the KV cache; returns decoded completions
-    (special tokens removed) and their token ids."""
+    (special tokens removed) and their token ids.
+
+    With ``share_prefix`` the prompts' common prefix is encoded once and its KV cache reused;
+    padding then sits between the prefix and the rest ([prefix][pad...][rest]), which the
+    attention mask and the mask-derived position ids handle exactly as left padding."""
     import torch
     from tqdm.auto import tqdm
 
@@ -190,15 +264,21 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int = 2
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     texts: list[str | None] = [None] * len(prompts)
     ids_out: list[list[int] | None] = [None] * len(prompts)
+    prefix = PrefixCache.for_sequences(model, prompts) if share_prefix else None
+    cut = len(prefix) if prefix else 0
     with torch.inference_mode():
         for idx, chunk in tqdm(list(batches(prompts, batch_size, key=len)), desc=desc, leave=False):
             width = max(len(p) for p in chunk)
             input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
             mask = torch.zeros((len(chunk), width), dtype=torch.long)
             for j, p in enumerate(chunk):
-                input_ids[j, width - len(p) :] = torch.tensor(p)
-                mask[j, width - len(p) :] = 1
+                input_ids[j, :cut] = torch.tensor(p[:cut])
+                mask[j, :cut] = 1
+                input_ids[j, width - len(p) + cut :] = torch.tensor(p[cut:])
+                mask[j, width - len(p) + cut :] = 1
+            extra = {"past_key_values": prefix.expand(len(chunk))} if prefix else {}
             gen = model.generate(
+                **extra,
                 input_ids=input_ids.to(device),
                 attention_mask=mask.to(device),
                 max_new_tokens=max_new_tokens,

@@ -27,7 +27,7 @@ def check_target(out: str | os.PathLike, overwrite: bool = False) -> Path:
 @contextmanager
 def atomic_dir(out: str | os.PathLike, overwrite: bool = False):
     out = check_target(out, overwrite)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    tmp = make_tmp_dir(out)
     try:
         yield tmp
     except BaseException:
@@ -36,6 +36,15 @@ def atomic_dir(out: str | os.PathLike, overwrite: bool = False):
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)
+
+
+def make_tmp_dir(out: Path) -> Path:
+    """A hidden temporary folder beside ``out`` with normal permissions (mkdtemp makes 0700)."""
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
+    return tmp
 
 
 def _finite(o):
