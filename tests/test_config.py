@@ -129,8 +129,6 @@ def test_json_values_keep_their_types(tmp_path):
     assert c.rank == 4 and c.targets == ["q", "v"] and c.dropout == 0
 
 
-@pytest.mark.xfail(strict=True, reason="BUG trustedit/methods/base.py MethodConfig.resolve: a config file whose "
-                                       "'method' key is a string (e.g. the method's name) crashes with ValueError")
 def test_method_key_that_is_not_a_section(tmp_path):
     p = tmp_path / "cfg.json"
     p.write_text(json.dumps({"method": "sanitation-lora", "rank": 4}))

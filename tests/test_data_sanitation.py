@@ -161,8 +161,6 @@ def test_not_utf8(tmp_path):
         load(str(folder))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG trustedit/data/sanitation.py read_knowedit: a missing *_test.json "
-                                       "raises FileNotFoundError (traceback), not a TrusteditError")
 def test_missing_test_file_is_a_user_error(tmp_path):
     folder = _knowedit(tmp_path / "k")
     (folder / "trivia_qa_test.json").unlink()

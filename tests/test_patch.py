@@ -264,8 +264,6 @@ def test_unknown_parameter_rejected_before_any_change(tiny_llama, weights):
     weights.assert_same(model, base)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG trustedit/patch.py Patch.apply: a shape error on a later delta "
-                                       "leaves the earlier deltas applied (not atomic)")
 def test_shape_mismatch_leaves_model_unchanged(tiny_llama, weights):
     model = tiny_llama.model
     base = weights.snapshot(model)

@@ -99,19 +99,18 @@ def _cmd_patch(args) -> int:
     from trustedit.patch import Patch
     from trustedit.rundir import check_target
 
+    if args.action != "show":
+        from trustedit.errors import UsageError
+
+        if not args.out:
+            raise UsageError(f"patch {args.action} needs --out FOLDER for the resulting weights")
+        if args.action == "revert" and not args.model:
+            raise UsageError("patch revert needs --model MERGED_FOLDER (the patched weights to undo)")
+        check_target(args.out, args.overwrite)
     patch = Patch.load(args.patch)
     if args.action == "show":
         print(json.dumps({k: v for k, v in patch.manifest.items() if k != "deltas"}, indent=1, default=str))
         return 0
-    if not args.out:
-        from trustedit.errors import UsageError
-
-        raise UsageError(f"patch {args.action} needs --out FOLDER for the resulting weights")
-    if args.action == "revert" and not args.model:
-        from trustedit.errors import UsageError
-
-        raise UsageError("patch revert needs --model MERGED_FOLDER (the patched weights to undo)")
-    check_target(args.out, args.overwrite)
     base = patch.manifest.get("base_model", {})
     lm = load_model(args.model or base.get("spec"), args.device, "float32")
     if args.action in ("apply", "export"):

@@ -106,6 +106,9 @@ def run(opts: EraseOptions) -> dict:
     method = get_method(opts.method)
     cfg = method.config.resolve(opts.config, opts.sets, seed=opts.seed)
     rundir.check_target(opts.out, opts.overwrite)  # fail before any expensive work
+    from trustedit.models import resolve
+
+    resolve(opts.model)
     from trustedit.profiling import Stages
 
     timer = Stages()

@@ -230,6 +230,21 @@ def save_folder(model, tokenizer, out, extra: dict | None = None) -> Path:
     return out
 
 
+def check_folder_architecture(folder: Path) -> None:
+    """Fail fast (before importing transformers) on a folder whose config names an architecture
+    trustedit has no table entry for."""
+    from trustedit.arch import ARCHITECTURES
+
+    cfg = folder / "config.json"
+    try:
+        model_type = json.loads(cfg.read_text()).get("model_type")
+    except (json.JSONDecodeError, OSError) as e:
+        raise TrusteditError(f"{cfg}: unreadable config ({e})") from None
+    if model_type not in ARCHITECTURES:
+        raise ArchitectureError(f"{cfg}: field 'model_type': unsupported architecture model_type={model_type!r} "
+                                f"(supported: {', '.join(sorted(ARCHITECTURES))})")
+
+
 def folder_fingerprint(folder: Path) -> str:
     h = hashlib.sha256()
     for name in sorted(os.listdir(folder)):
@@ -265,11 +280,13 @@ def pick_dtype(dtype: str | None, device: str):
 
 def load_model(spec: str | None = None, device: str | None = "cpu", dtype: str | None = "auto") -> LoadedModel:
     """Load a causal LM and its tokenizer, ready for editing (eval mode, known architecture)."""
+    kind, location, display = resolve(spec)
+    if kind == "folder":
+        check_folder_architecture(Path(location))
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from trustedit.arch import arch_for
 
-    kind, location, display = resolve(spec)
     device = pick_device(device)
     dtype_name, torch_dtype = pick_dtype(dtype, device)
     info = {}
@@ -286,8 +303,12 @@ def load_model(spec: str | None = None, device: str | None = "cpu", dtype: str |
     else:
         load_from = location
         fingerprint = "hub:" + location
-    tok = AutoTokenizer.from_pretrained(load_from)
-    model = AutoModelForCausalLM.from_pretrained(load_from, dtype=torch_dtype)
+    try:
+        tok = AutoTokenizer.from_pretrained(load_from)
+        model = AutoModelForCausalLM.from_pretrained(load_from, dtype=torch_dtype)
+    except (OSError, ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TrusteditError(f"{display}: cannot load model ({first})") from None
     try:
         arch_for(model)
     except ArchitectureError as e:

@@ -82,14 +82,18 @@ class Patch:
         if missing:
             raise TrusteditError(f"patch names parameters the model lacks: {missing[:3]}")
         with torch.no_grad():
-            for name, delta in self.deltas.items():
-                p = params[name]
-                d = delta.materialise(p)
-                self._backup[name] = p.detach().clone()
-                p.add_(d)
-                if not torch.isfinite(p).all():
+            try:
+                for name, delta in self.deltas.items():
+                    p = params[name]
+                    d = delta.materialise(p)
+                    self._backup[name] = p.detach().clone()
+                    p.add_(d)
+                    if not torch.isfinite(p).all():
+                        raise TrusteditError(f"applying the patch made {name} non-finite; nothing was changed")
+            except BaseException:  # all or nothing
+                if self._backup:
                     self.revert(model)
-                    raise TrusteditError(f"applying the patch made {name} non-finite; reverted")
+                raise
         return self
 
     def revert(self, model) -> None:

@@ -52,10 +52,16 @@ def read_json(path: Path):
         raise DataError(path, problem=f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
     except UnicodeDecodeError as e:
         raise DataError(path, problem=f"not UTF-8 text ({e.reason})") from None
+    except FileNotFoundError:
+        raise DataError(path, problem="missing") from None
+    except OSError as e:
+        raise DataError(path, problem=f"unreadable ({e.strerror})") from None
 
 
 def read_jsonl(path: Path) -> list:
     rows = []
+    if not Path(path).is_file():
+        raise DataError(path, problem="missing")
     with open(path, encoding="utf-8") as f:
         for i, line in enumerate(f):
             if not line.strip():

