@@ -22,6 +22,7 @@ def main(argv=None):
     ap.add_argument("--data", default=None)
     ap.add_argument("--known-only", action="store_true")
     ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--test-retain-limit", type=int, default=None, help="evaluate on the first N retain test questions")
     ap.add_argument("--retention", default="wikitext", help="retention tasks, comma-separated ('none' to skip)")
     ap.add_argument("--retention-limit", type=int, default=40)
     args = ap.parse_args(argv)
@@ -39,6 +40,8 @@ def main(argv=None):
     if args.limit:
         for s in ("train_forget", "train_retain", "test_forget", "test_retain"):
             setattr(data, s, getattr(data, s)[: args.limit])
+    if args.test_retain_limit:
+        data.test_retain = data.test_retain[: args.test_retain_limit]
     lm = load_model(args.model)
     tok, fmt = lm.tokenizer, PromptFormat()
     fmt_name = "chat template" if fmt.uses_chat(tok) else "plain Q/A"
@@ -72,11 +75,22 @@ def main(argv=None):
         post_ret = retention(lm, opts)
         t_post = time.time() - t
         patch.revert(lm.model)
+        known = {}
+        if not args.known_only:  # the same run, restricted to what the base model knew
+            kf, kr = known_filter(data, pre)
+            kd = type(data)(data.train_forget, data.train_retain, [data.test_forget[i] for i in kf],
+                            [data.test_retain[i] for i in kr], data.source, data.layout)
+            kpre, kpost = _subset(pre, kf, kr), _subset(post, kf, kr)
+            kfp = [test_f[i] for i in kf]
+            a, b = score(kpre, kd, fmt_name, opts, kfp), score(kpost, kd, fmt_name, opts, kfp, pre=kpre)
+            known = {"n_forget": len(kf), "n_retain": len(kr),
+                     "metrics": {k: {"pre": a[k].value, "post": b[k].value} for k in a}}
         row = {"config": spec, "known_only": args.known_only, "n_forget": len(test_f), "n_retain": len(test_r),
                "fit_s": round(t_fit, 1), "post_eval_s": round(t_post, 1), "training": patch.manifest.get("training"),
                "metrics": {k: {"pre": v["pre"]["value"], "post": v["post"]["value"], "delta_ci95": v["delta"]["ci95"]}
                            for k, v in {**{k: compare(pre_scores[k], post_scores[k]) for k in pre_scores},
-                                        **{k: compare(pre_ret[k], post_ret[k]) for k in pre_ret}}.items()}}
+                                        **{k: compare(pre_ret[k], post_ret[k]) for k in pre_ret}}.items()},
+               "known_subset": known}
         with open(args.out, "a") as f:
             f.write(json.dumps(row) + "\n")
         m = row["metrics"]

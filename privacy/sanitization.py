@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from trustedit.methods.base import Method, MethodConfig, layer_index, opt, set_seed, train_pairs
+from trustedit.methods.base import Method, MethodConfig, layer_index, opt, retain_pairs, sample_items, set_seed, train_pairs
 
 
 @dataclass
@@ -35,6 +35,7 @@ class SanitizationConfig(MethodConfig):
     max_steps: int = opt(0, "Stop after this many optimiser steps (0: use epochs).")
     warmup_steps: int = opt(5, "Linear warm-up steps (the reference warms up over the whole run).")
     weight_decay: float = opt(0.0, "AdamW weight decay.")
+    retain_target: str = opt("gold", "Retain targets: 'gold' (dataset answers, the paper) or 'self' (the base model's own greedy answers).")
     retain_limit: int = opt(160, "Use at most this many retain pairs (0: all), a seeded sample.")
     batch_size: int = opt(8, "Training batch size (sequences).")
 
@@ -65,7 +66,6 @@ def fit(lm, forget, retain, cfg: SanitizationConfig):
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from trustedit.methods.ft_m import _sample
     from trustedit.patch import Delta, Patch
 
     set_seed(cfg.seed)
@@ -74,7 +74,7 @@ def fit(lm, forget, retain, cfg: SanitizationConfig):
     spec_conv1d = getattr(model.config, "model_type", "") == "gpt2"
     lora = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=modules,
                       bias="none", fan_in_fan_out=spec_conv1d)
-    pairs = list(forget) + _sample(retain, cfg.retain_limit, cfg.seed)
+    pairs = list(forget) + retain_pairs(lm, sample_items(retain, cfg.retain_limit, cfg.seed), cfg.retain_target)
     t0 = time.time()
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     peft_model = get_peft_model(model, lora)

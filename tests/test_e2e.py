@@ -39,7 +39,7 @@ def test_erase_end_to_end_embedded(tmp_path):
     assert res["model"]["fingerprint"].startswith("gguf-sha256:")
     assert res["dataset"]["fingerprint"].startswith("sha256:")
     for k in ("K_S_idk_rate", "K_F_leak_rate", "K_R_retain_accuracy", "over_refusal_rate", "edit_success", "locality",
-              "fluency_ngram_entropy", "wikitext/perplexity", "piqa/acc", "piqa/acc_norm"):
+              "fluency_ngram_entropy", "wikitext/ppl", "piqa/acc", "piqa/acc_norm"):
         m = res["metrics"][k]
         assert m["protocol"] and m["n"] > 0 and {"pre", "post", "delta"} <= set(m)
     assert res["metrics"]["locality"]["pre"]["value"] == 1.0

@@ -78,8 +78,8 @@ def retention(lm, opts: EraseOptions) -> dict:
         return {}
     from trustedit.metrics.retention import run_retention
 
-    return run_retention(lm.model, lm.tokenizer, tasks=opts.retention, limit=opts.retention_limit,
-                         wikitext_docs=opts.wikitext_docs, batch_size=opts.batch_size)
+    limits = {t: (opts.wikitext_docs if t == "wikitext" else opts.retention_limit) for t in opts.retention}
+    return run_retention(lm.model, lm.tokenizer, tasks=opts.retention, limit=limits, batch_size=opts.batch_size)
 
 
 def known_filter(data, raw):

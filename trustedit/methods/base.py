@@ -114,6 +114,62 @@ def set_seed(seed: int):
     torch.manual_seed(seed)
 
 
+def length_grouped_batches(lengths, batch_size: int, generator, group: int = 8):
+    """A seeded random epoch of batches in which each batch holds sequences of similar length:
+    shuffle, sort within windows of ``group`` batches by length, then shuffle the batches.
+    Cuts padding (and time) without fixing the order across epochs."""
+    import torch
+
+    order = torch.randperm(len(lengths), generator=generator).tolist()
+    window = batch_size * group
+    out = []
+    for s in range(0, len(order), window):
+        chunk = sorted(order[s : s + window], key=lambda i: lengths[i])
+        out += [chunk[k : k + batch_size] for k in range(0, len(chunk), batch_size)]
+    perm = torch.randperm(len(out), generator=generator).tolist()
+    return [out[i] for i in perm]
+
+
+def sample_items(items, limit: int, seed: int) -> list:
+    """At most ``limit`` items (0: all), a seeded sample in the original order."""
+    import random
+
+    if not limit or len(items) <= limit:
+        return list(items)
+    keep = sorted(random.Random(seed).sample(range(len(items)), limit))
+    return [items[i] for i in keep]
+
+
+def retain_pairs(lm, pairs, how: str, max_new_tokens: int = 16, batch_size: int = 32):
+    """Training pairs for the retain questions.
+
+    ``gold``: the dataset's answers (the sanitization paper's recipe). ``self``: the base model's
+    own greedy answers (ending with EOS only where the model stopped), i.e. self-distillation of
+    the behaviour to keep. With a small model that knows few answers, training on unknown gold
+    answers teaches new facts and moves its predictions on every other question (locality);
+    ``self`` keeps them.
+    """
+    from trustedit.errors import UsageError
+    from trustedit.prompts import Pair, generate
+
+    if how == "gold":
+        return list(pairs)
+    if how != "self":
+        raise UsageError(f"retain_target must be 'gold' or 'self', got {how!r}")
+    tok = lm.tokenizer
+    was_training = lm.model.training
+    lm.model.eval()
+    _, ids = generate(lm.model, tok, [p.prompt for p in pairs], max_new_tokens, batch_size, desc="base answers (retain)")
+    lm.model.train(was_training)
+    out = []
+    for p, new in zip(pairs, ids):
+        stopped = len(new) < max_new_tokens
+        target = list(new) + ([tok.eos_token_id] if stopped and tok.eos_token_id is not None else [])
+        if target:
+            out.append(Pair(p.prompt, target))
+    return out
+
+
 def train_pairs(model, pairs, params, *, lr, epochs=1, max_steps=None, batch_size=8, warmup_steps=0,
                 weight_decay=0.0, seed=0, pad_id=0, desc="train", grad_clip=1.0):
     """AdamW on ``params`` minimising target-token cross-entropy (prompt masked) over ``pairs``.
@@ -127,6 +183,7 @@ def train_pairs(model, pairs, params, *, lr, epochs=1, max_steps=None, batch_siz
 
     g = torch.Generator().manual_seed(seed)
     steps_per_epoch = math.ceil(len(pairs) / batch_size)
+    pairs = list(pairs)
     total = steps_per_epoch * epochs if max_steps is None else max_steps
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
@@ -143,11 +200,10 @@ def train_pairs(model, pairs, params, *, lr, epochs=1, max_steps=None, batch_siz
     bar = tqdm(total=total, desc=desc, leave=False)
     try:
         while step < total:
-            order = torch.randperm(len(pairs), generator=g).tolist()
-            for s in range(0, len(order), batch_size):
+            for idx in length_grouped_batches([len(p.input_ids) for p in pairs], batch_size, g):
                 if step >= total:
                     break
-                batch = collate([pairs[i] for i in order[s : s + batch_size]], pad_id)
+                batch = collate([pairs[i] for i in idx], pad_id)
                 loss = lm_loss(model, batch)
                 if not torch.isfinite(loss):
                     raise NumericalError(f"{desc}: loss became {loss.item()} at step {step}; lower the learning rate")

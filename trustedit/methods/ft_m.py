@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from trustedit.methods.base import Method, MethodConfig, layer_index, opt, set_seed, train_pairs
+from trustedit.methods.base import Method, MethodConfig, layer_index, opt, retain_pairs, sample_items, set_seed, train_pairs
 
 
 @dataclass
@@ -26,15 +26,12 @@ class FTMConfig(MethodConfig):
     warmup_steps: int = opt(5, "Linear warm-up steps.")
     weight_decay: float = opt(0.0, "AdamW weight decay.")
     retain_weight: int = opt(1, "Copies of the retain pairs mixed into training (0: forget pairs only).")
+    retain_target: str = opt("gold", "Retain targets: 'gold' (dataset answers, the paper) or 'self' (the base model's own greedy answers).")
     retain_limit: int = opt(160, "Use at most this many retain pairs (0: all), a seeded sample.")
     batch_size: int = opt(8, "Training batch size (sequences).")
 
 
 def fit(lm, forget, retain, cfg: FTMConfig):
-    import random
-
-    import torch
-
     from trustedit import arch
     from trustedit.hooks import only_trainable
     from trustedit.patch import dense_patch_from
@@ -43,7 +40,7 @@ def fit(lm, forget, retain, cfg: FTMConfig):
     model = lm.model
     L = layer_index(cfg.layer, arch.num_layers(model))
     name = arch.layer_path(model, L, arch.arch_for(model).down) + ".weight"
-    retain = _sample(retain, cfg.retain_limit, cfg.seed)
+    retain = retain_pairs(lm, sample_items(retain, cfg.retain_limit, cfg.seed), cfg.retain_target)
     pairs = list(forget) + list(retain) * cfg.retain_weight
     before = {name: dict(model.named_parameters())[name].detach().clone()}
     t0 = time.time()
@@ -56,14 +53,6 @@ def fit(lm, forget, retain, cfg: FTMConfig):
                                   "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
                                   "seconds": round(time.time() - t0, 2)}
     return patch
-
-
-def _sample(items, limit, seed):
-    import random
-
-    if not limit or len(items) <= limit:
-        return list(items)
-    return random.Random(seed).sample(list(items), limit)
 
 
 METHOD = Method(
