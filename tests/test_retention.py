@@ -186,7 +186,7 @@ def test_perplexity_windows_cover_every_token_once(lm):
             w = ids[b : min(b + 8, n - 1) + 1]
             lp = model(input_ids=torch.tensor([w[:-1]])).logits[0].log_softmax(-1)
             nll -= sum(lp[k, w[k + 1]].item() for k in range(len(w) - 1))
-    assert disjoint.values[0] == pytest.approx(nll, abs=1e-4)
+    assert sum(disjoint.values) == pytest.approx(nll, abs=1e-3)
     with pytest.raises(TrusteditError):
         perplexity(model, tok, [doc], max_length=8, stride=9)
 
