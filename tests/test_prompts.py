@@ -247,3 +247,25 @@ def test_generate_greedy_matches_manual_decoding(tiny_llama):
             manual.append(nxt)
             seq.append(nxt)
     assert ids[0] == manual
+
+
+def test_generate_stop_strings_end_each_row(tiny_llama, qa):
+    tok, model = tiny_llama.tokenizer, tiny_llama.model
+    fmt = PromptFormat(system=SYSTEM)
+    prompts = [fmt.prompt_ids(tok, q) for q in qa[0][:3]]
+    free_t, free_ids = generate(model, tok, prompts, max_new_tokens=10)
+    # stop at the token string each row produced third: every row must end right there
+    stops = {tok.decode([ids[2]]).strip() for ids in free_ids if len(ids) > 3}
+    stops = {s for s in stops if s}
+    assert stops, "no row generated enough tokens for the check"
+    got_t, got_ids = generate(model, tok, prompts, max_new_tokens=10, stop_strings=tuple(stops))
+    stopped = 0
+    for free, got, text in zip(free_ids, got_ids, got_t):
+        assert got == free[: len(got)], "stopping must not change the tokens before the stop"
+        if any(s in tok.decode(free) for s in stops):  # the row ends at the first stop string it produced
+            stopped += 1
+            assert any(text.endswith(s) for s in stops), text
+            assert len(got) < len(free) or len(free) == 10
+        else:
+            assert got == free
+    assert stopped >= 1

@@ -30,6 +30,7 @@ class EraseOptions:
     retention_limit: int = 40  # items per multiple-choice task
     wikitext_docs: int = 4  # WikiText-2 documents for perplexity
     max_new_tokens: int = 24
+    answer_stop: list = field(default_factory=lambda: ["\n", "."])  # answers end at the first line/sentence end
     fluency_prompts: int = 16
     fluency_tokens: int = 48
     batch_size: int = 16
@@ -44,7 +45,8 @@ def measure(lm, opts: EraseOptions, forget_pairs, retain_pairs) -> dict:
 
     tok, model = lm.tokenizer, lm.model
     prompts = [p.prompt for p in forget_pairs] + [p.prompt for p in retain_pairs]
-    texts, _ = generate(model, tok, prompts, opts.max_new_tokens, opts.batch_size, desc="generate answers")
+    texts, _ = generate(model, tok, prompts, opts.max_new_tokens, opts.batch_size, desc="generate answers",
+                        stop_strings=tuple(opts.answer_stop) or None)
     n_fl = min(opts.fluency_prompts, len(retain_pairs))
     flu, _ = generate(model, tok, [p.prompt for p in retain_pairs[:n_fl]], opts.fluency_tokens, opts.batch_size, desc="fluency")
     return {
@@ -61,7 +63,7 @@ def score(raw, data, fmt_name: str, opts: EraseOptions, forget_pairs, pre=None) 
     locality); when None, ``raw`` is the base model's own."""
     from trustedit.metrics import fluency, knowedit, qa
 
-    gp = qa.GEN_PROTOCOL.format(max_new=opts.max_new_tokens, fmt=fmt_name)
+    gp = qa.GEN_PROTOCOL.format(max_new=opts.max_new_tokens, fmt=fmt_name, stop=opts.answer_stop)
     return {
         "K_S_idk_rate": qa.idk_rate(raw["gen_forget"], gp),
         "K_F_leak_rate": qa.leak_rate(raw["gen_forget"], data.test_forget, gp),
@@ -173,7 +175,7 @@ def run(opts: EraseOptions) -> dict:
         "method": {"name": method.name, "citation": method.citation, "summary": method.summary, "config": cfg.to_dict()},
         "dataset": {**data.describe(), "limit": opts.limit, "known_only": known},
         "prompt_format": fmt.describe(tok),
-        "evaluation": {k: getattr(opts, k) for k in ("max_new_tokens", "fluency_prompts", "fluency_tokens", "batch_size",
+        "evaluation": {k: getattr(opts, k) for k in ("max_new_tokens", "answer_stop", "fluency_prompts", "fluency_tokens", "batch_size",
                                                       "retention", "retention_limit", "wikitext_docs")},
         "seeds": {"seed": opts.seed, "bootstrap_seed": opts.seed, "bootstrap_resamples": 1000},
         "metrics": metrics,

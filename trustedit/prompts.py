@@ -249,14 +249,38 @@ def predicted_target_tokens(model, pairs: list[Pair], pad_id: int, batch_size: i
     return out
 
 
+def cut_at_stop(text: str, stop_strings) -> str:
+    """``text`` up to and including the earliest stop string (unchanged if none occurs)."""
+    ends = [text.find(s) + len(s) for s in stop_strings or () if s in text]
+    return text[: min(ends)] if ends else text
+
+
+def _stop_criteria(tokenizer, stop_strings, start: int):
+    """Per-row stopping once the decoded continuation contains a stop string. Works with any
+    tokenizer (transformers' ``stop_strings`` needs a byte-level or sentencepiece vocabulary)."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class StopOnStrings(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            done = [any(s in tokenizer.decode(row[start:], skip_special_tokens=True) for s in stop_strings)
+                    for row in input_ids]
+            return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([StopOnStrings()])
+
+
 def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int = 24, batch_size: int = 16, desc="generate",
-             share_prefix: bool = True):
+             share_prefix: bool = True, stop_strings: tuple[str, ...] | None = None):
     """Batched greedy decoding with left padding and the KV cache; returns decoded completions
     (special tokens removed) and their token ids.
 
     With ``share_prefix`` the prompts' common prefix is encoded once and its KV cache reused;
     padding then sits between the prefix and the rest ([prefix][pad...][rest]), which the
-    attention mask and the mask-derived position ids handle exactly as left padding."""
+    attention mask and the mask-derived position ids handle exactly as left padding.
+
+    ``stop_strings`` ends each row once its text contains one of them (the row is padded while
+    the rest of the batch finishes); the stop string is kept in the output."""
     import torch
     from tqdm.auto import tqdm
 
@@ -289,6 +313,7 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int = 2
                 temperature=None,
                 top_p=None,
                 top_k=None,
+                **({"stopping_criteria": _stop_criteria(tokenizer, stop_strings, width)} if stop_strings else {}),
             )
             for j, i in enumerate(idx):
                 new = gen[j, width:].tolist()
@@ -297,5 +322,5 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int = 2
                 while new and new[-1] == pad:
                     new.pop()
                 ids_out[i] = new
-                texts[i] = tokenizer.decode(new, skip_special_tokens=True).strip()
+                texts[i] = cut_at_stop(tokenizer.decode(new, skip_special_tokens=True), stop_strings).strip()
     return texts, ids_out

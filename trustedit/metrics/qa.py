@@ -13,7 +13,7 @@ _PUNCT = set(string.punctuation) | {"‘", "’", "“", "”", "´", "`"}
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 IDK_PATTERNS = ("i dont know", "i do not know")
 
-GEN_PROTOCOL = "greedy decoding, {max_new} new tokens max, prompt format {fmt}"
+GEN_PROTOCOL = "greedy decoding, {max_new} new tokens max, stop at any of {stop!r} (kept), prompt format {fmt}"
 
 
 def normalize(text: str) -> str:
