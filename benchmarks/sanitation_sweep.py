@@ -27,12 +27,11 @@ def main(argv=None):
     ap.add_argument("--retention-limit", type=int, default=40)
     args = ap.parse_args(argv)
 
-    from trustedit.erase import EraseOptions, known_filter, measure, retention, score, _subset
+    from trustedit.data.sanitation import load
+    from trustedit.erase import EraseOptions, _subset, known_filter, measure, prepare, retention
     from trustedit.metrics.scores import compare
     from trustedit.models import load_model
-    from trustedit.prompts import PromptFormat, make_pairs
     from trustedit.registry import get_method
-    from trustedit.data.sanitation import load
 
     ret = [] if args.retention in ("", "none") else args.retention.split(",")
     opts = EraseOptions(retention=ret, retention_limit=args.retention_limit, limit=args.limit)
@@ -43,53 +42,41 @@ def main(argv=None):
     if args.test_retain_limit:
         data.test_retain = data.test_retain[: args.test_retain_limit]
     lm = load_model(args.model)
-    tok, fmt = lm.tokenizer, PromptFormat()
-    fmt_name = "chat template" if fmt.uses_chat(tok) else "plain Q/A"
-    test_f = make_pairs(tok, fmt, [x.question for x in data.test_forget], [data.idk] * len(data.test_forget))
-    test_r = make_pairs(tok, fmt, [x.question for x in data.test_retain], [x.answer for x in data.test_retain])
     t = time.time()
-    pre = measure(lm, opts, test_f, test_r)
+    ep = prepare(lm, data, opts)
     t_eval = time.time() - t
     if args.known_only:
-        kf, kr = known_filter(data, pre)
-        data.test_forget = [data.test_forget[i] for i in kf]
-        data.test_retain = [data.test_retain[i] for i in kr]
-        test_f, test_r = [test_f[i] for i in kf], [test_r[i] for i in kr]
-        pre = _subset(pre, kf, kr)
-    pre_scores = score(pre, data, fmt_name, opts, test_f)
+        ep, _ = ep.known()
+    pre_scores = ep.scores(opts)
     pre_ret = retention(lm, opts)
-    train_f = make_pairs(tok, fmt, [x.question for x in data.train_forget], [data.idk] * len(data.train_forget))
-    train_r = make_pairs(tok, fmt, [x.question for x in data.train_retain], [x.answer for x in data.train_retain])
-    print(f"base eval {t_eval:.0f}s; test forget {len(test_f)}, retain {len(test_r)}", flush=True)
+    print(f"base eval {t_eval:.0f}s; test forget {len(ep.test_f)}, retain {len(ep.test_r)}", flush=True)
     for spec in args.config:
         kv = dict(x.split("=", 1) for x in spec.split())
         method = get_method(kv.pop("method"))
         cfg = method.config.resolve(sets=[f"{k}={v}" for k, v in kv.items()])
         t = time.time()
-        patch = method.fit(lm, train_f, train_r, cfg)
+        patch = method.fit(lm, ep.train_f, ep.train_r, cfg)
         t_fit = time.time() - t
         patch.apply(lm.model)
         t = time.time()
-        post = measure(lm, opts, test_f, test_r)
-        post_scores = score(post, data, fmt_name, opts, test_f, pre=pre)
+        post = measure(lm, opts, ep.test_f, ep.test_r)
+        post_scores = ep.scores(opts, post)
         post_ret = retention(lm, opts)
         t_post = time.time() - t
         patch.revert(lm.model)
         known = {}
         if not args.known_only:  # the same run, restricted to what the base model knew
-            kf, kr = known_filter(data, pre)
-            kd = type(data)(data.train_forget, data.train_retain, [data.test_forget[i] for i in kf],
-                            [data.test_retain[i] for i in kr], data.source, data.layout)
-            kpre, kpost = _subset(pre, kf, kr), _subset(post, kf, kr)
-            kfp = [test_f[i] for i in kf]
-            a, b = score(kpre, kd, fmt_name, opts, kfp), score(kpost, kd, fmt_name, opts, kfp, pre=kpre)
+            kf, kr = known_filter(ep.data, ep.pre)
+            kep = ep.restrict(kf, kr)
+            a, b = kep.scores(opts), kep.scores(opts, _subset(post, kf, kr))
             known = {"n_forget": len(kf), "n_retain": len(kr),
                      "metrics": {k: {"pre": a[k].value, "post": b[k].value} for k in a}}
-        row = {"config": spec, "known_only": args.known_only, "n_forget": len(test_f), "n_retain": len(test_r),
+        metrics = {**{k: compare(pre_scores[k], post_scores[k]) for k in pre_scores},
+                   **{k: compare(pre_ret[k], post_ret[k]) for k in pre_ret}}
+        row = {"config": spec, "known_only": args.known_only, "n_forget": len(ep.test_f), "n_retain": len(ep.test_r),
                "fit_s": round(t_fit, 1), "post_eval_s": round(t_post, 1), "training": patch.manifest.get("training"),
                "metrics": {k: {"pre": v["pre"]["value"], "post": v["post"]["value"], "delta_ci95": v["delta"]["ci95"]}
-                           for k, v in {**{k: compare(pre_scores[k], post_scores[k]) for k in pre_scores},
-                                        **{k: compare(pre_ret[k], post_ret[k]) for k in pre_ret}}.items()},
+                           for k, v in metrics.items()},
                "known_subset": known}
         with open(args.out, "a") as f:
             f.write(json.dumps(row) + "\n")

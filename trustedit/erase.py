@@ -7,6 +7,7 @@ Every metric is computed by the same function before and after the edit.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 from trustedit.errors import TrusteditError
@@ -85,7 +86,7 @@ def retention(lm, opts: EraseOptions) -> dict:
 
 
 def known_filter(data, raw):
-    """Keep the test items the base model answers correctly (gold or alias in its answer)."""
+    """Indices of the test items the base model answers correctly (gold or alias in its answer)."""
     from trustedit.metrics.qa import contains_answer
 
     keep_f = [i for i, (g, it) in enumerate(zip(raw["gen_forget"], data.test_forget)) if contains_answer(g, it.answers)]
@@ -93,12 +94,67 @@ def known_filter(data, raw):
     return keep_f, keep_r
 
 
+KNOWN_RULE = "base model's greedy answer contains the gold answer or an alias"
+
+
+@dataclass
+class Episode:
+    """A dataset turned into token pairs for one model, with the base model's passes on its test
+    split: everything an edit is compared against."""
+
+    data: object
+    fmt_name: str
+    test_f: list
+    test_r: list
+    train_f: list
+    train_r: list
+    pre: dict  # base-model passes (see measure)
+
+    def restrict(self, keep_f, keep_r) -> "Episode":
+        """The same episode on a subset of the test items (no new model passes)."""
+        d = copy.copy(self.data)
+        d.test_forget = [self.data.test_forget[i] for i in keep_f]
+        d.test_retain = [self.data.test_retain[i] for i in keep_r]
+        return Episode(d, self.fmt_name, [self.test_f[i] for i in keep_f], [self.test_r[i] for i in keep_r],
+                       self.train_f, self.train_r, _subset(self.pre, keep_f, keep_r))
+
+    def known(self) -> tuple["Episode", dict]:
+        keep_f, keep_r = known_filter(self.data, self.pre)
+        info = {"test_forget_kept": len(keep_f), "test_forget_total": len(self.test_f),
+                "test_retain_kept": len(keep_r), "test_retain_total": len(self.test_r), "rule": KNOWN_RULE}
+        return self.restrict(keep_f, keep_r), info
+
+    def scores(self, opts, post=None) -> dict:
+        """Metrics of the base model (``post`` None) or of an edited model's passes."""
+        if post is None:
+            return score(self.pre, self.data, self.fmt_name, opts, self.test_f)
+        return score(post, self.data, self.fmt_name, opts, self.test_f, pre=self.pre)
+
+
+def prepare(lm, data, opts: EraseOptions) -> Episode:
+    """Build the pairs (from token ids, chat template if any) and run the base model's passes."""
+    from trustedit.prompts import PromptFormat, make_pairs
+
+    fmt = PromptFormat()
+    tok = lm.tokenizer
+
+    def pairs(items, targets):
+        return make_pairs(tok, fmt, [x.question for x in items], targets)
+
+    test_f = pairs(data.test_forget, [data.idk] * len(data.test_forget))
+    test_r = pairs(data.test_retain, [x.answer for x in data.test_retain])
+    train_f = pairs(data.train_forget, [data.idk] * len(data.train_forget))
+    train_r = pairs(data.train_retain, [x.answer for x in data.train_retain])
+    fmt_name = "chat template" if fmt.uses_chat(tok) else "plain Q/A"
+    return Episode(data, fmt_name, test_f, test_r, train_f, train_r, measure(lm, opts, test_f, test_r))
+
+
 def run(opts: EraseOptions) -> dict:
     """Run the whole job and write the run directory. Returns the results dict."""
     from trustedit import __version__, rundir
     from trustedit.metrics.scores import compare
     from trustedit.models import load_model
-    from trustedit.prompts import PromptFormat, make_pairs
+    from trustedit.prompts import PromptFormat
     from trustedit.provenance import stamp
     from trustedit.registry import TASK_METHODS, get_dataset, get_method, load_entry
 
@@ -122,41 +178,24 @@ def run(opts: EraseOptions) -> dict:
                 setattr(data, s, getattr(data, s)[: opts.limit])
     with timer("load_model"):
         lm = load_model(opts.model, opts.device, opts.dtype)
-    fmt = PromptFormat()
-    tok = lm.tokenizer
-    fmt_name = "chat template" if fmt.uses_chat(tok) else "plain Q/A"
-
-    def pairs(items, targets):
-        return make_pairs(tok, fmt, [x.question for x in items], targets)
-
     with timer("pre_eval"):
-        test_f = pairs(data.test_forget, [data.idk] * len(data.test_forget))
-        test_r = pairs(data.test_retain, [x.answer for x in data.test_retain])
-        pre_raw = measure(lm, opts, test_f, test_r)
+        ep = prepare(lm, data, opts)
         known = None
         if opts.known_only:
-            keep_f, keep_r = known_filter(data, pre_raw)
-            known = {"test_forget_kept": len(keep_f), "test_forget_total": len(data.test_forget),
-                     "test_retain_kept": len(keep_r), "test_retain_total": len(data.test_retain),
-                     "rule": "base model's greedy answer contains the gold answer or an alias"}
-            if not keep_f:
+            ep, known = ep.known()
+            if not ep.test_f:
                 raise TrusteditError("--known-only: the base model answers none of the forget test questions")
-            data.test_forget = [data.test_forget[i] for i in keep_f]
-            data.test_retain = [data.test_retain[i] for i in keep_r]
-            test_f, test_r = [test_f[i] for i in keep_f], [test_r[i] for i in keep_r]
-            pre_raw = _subset(pre_raw, keep_f, keep_r)
-        pre_scores = score(pre_raw, data, fmt_name, opts, test_f)
+        data = ep.data
+        pre_scores = ep.scores(opts)
         pre_ret = retention(lm, opts)
 
     with timer("edit"):
-        train_f = pairs(data.train_forget, [data.idk] * len(data.train_forget))
-        train_r = pairs(data.train_retain, [x.answer for x in data.train_retain])
-        patch = method.fit(lm, train_f, train_r, cfg)
+        patch = method.fit(lm, ep.train_f, ep.train_r, cfg)
         patch.apply(lm.model)
 
     with timer("post_eval"):
-        post_raw = measure(lm, opts, test_f, test_r)
-        post_scores = score(post_raw, data, fmt_name, opts, test_f, pre=pre_raw)
+        post_raw = measure(lm, opts, ep.test_f, ep.test_r)
+        post_scores = ep.scores(opts, post_raw)
         post_ret = retention(lm, opts)
 
     metrics = {k: compare(pre_scores[k], post_scores[k], seed=opts.seed) for k in pre_scores}
@@ -174,7 +213,7 @@ def run(opts: EraseOptions) -> dict:
         "model": lm.describe(),
         "method": {"name": method.name, "citation": method.citation, "summary": method.summary, "config": cfg.to_dict()},
         "dataset": {**data.describe(), "limit": opts.limit, "known_only": known},
-        "prompt_format": fmt.describe(tok),
+        "prompt_format": PromptFormat().describe(lm.tokenizer),
         "evaluation": {k: getattr(opts, k) for k in ("max_new_tokens", "answer_stop", "fluency_prompts", "fluency_tokens", "batch_size",
                                                       "retention", "retention_limit", "wikitext_docs")},
         "seeds": {"seed": opts.seed, "bootstrap_seed": opts.seed, "bootstrap_resamples": 1000},
@@ -191,7 +230,7 @@ def run(opts: EraseOptions) -> dict:
         "versions": prov["versions"],
         "created": prov["created"],
     })
-    samples = _samples(data, pre_raw, post_raw)
+    samples = _samples(data, ep.pre, post_raw)
     from trustedit.report import erase_summary
 
     with rundir.atomic_dir(opts.out, opts.overwrite) as tmp:
