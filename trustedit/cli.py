@@ -9,6 +9,9 @@ from trustedit import __version__
 
 
 def _parser() -> argparse.ArgumentParser:
+    from trustedit.erase import EraseOptions  # torch-free; the single source of the defaults
+
+    d = EraseOptions()
     p = argparse.ArgumentParser(
         prog="trustedit",
         description="Edit causal language models to remove what they must not do, and prove it.",
@@ -32,11 +35,12 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="override a method option (repeatable)")
     e.add_argument("--device", default="cpu", help="cpu or cuda")
     e.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on CUDA), float32, bfloat16, float16")
-    e.add_argument("--retention", default="wikitext,piqa,arc_easy,hellaswag,boolq,commonsenseqa,mmlu",
+    e.add_argument("--retention", default=",".join(d.retention),
                    help="general-task retention suite, comma-separated ('' or none to skip)")
-    e.add_argument("--retention-limit", type=int, default=40, help="items per multiple-choice retention task")
-    e.add_argument("--wikitext-docs", type=int, default=4, help="WikiText-2 test documents for perplexity")
-    e.add_argument("--batch-size", type=int, default=16, help="evaluation batch size")
+    e.add_argument("--retention-limit", type=int, default=d.retention_limit, help="items per multiple-choice retention task")
+    e.add_argument("--wikitext-docs", type=int, default=d.wikitext_docs, help="WikiText-2 test documents for perplexity")
+    e.add_argument("--batch-size", type=int, default=d.batch_size, help="evaluation batch size")
+    e.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="answer length cap (answers also end at the first '.' or newline)")
     e.add_argument("--no-hub", action="store_true", help="never try the Hugging Face Hub for data")
 
     ls = sub.add_parser("ls", help="list methods or datasets")
@@ -78,7 +82,8 @@ def erase_options(args):
                         limit=args.limit, seed=args.seed, out=args.out, data=args.data, config=args.config,
                         sets=args.sets, device=args.device, dtype=args.dtype, retention=retention,
                         retention_limit=args.retention_limit, wikitext_docs=args.wikitext_docs,
-                        batch_size=args.batch_size, overwrite=args.overwrite, hub=not args.no_hub)
+                        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, overwrite=args.overwrite,
+                        hub=not args.no_hub)
 
 
 def _cmd_erase(args) -> int:

@@ -28,9 +28,9 @@ class EraseOptions:
     device: str = "cpu"
     dtype: str = "auto"
     retention: list = field(default_factory=lambda: ["wikitext", "piqa", "arc_easy", "hellaswag", "boolq", "commonsenseqa", "mmlu"])
-    retention_limit: int = 40  # items per multiple-choice task
-    wikitext_docs: int = 4  # WikiText-2 documents for perplexity
-    max_new_tokens: int = 24
+    retention_limit: int = 30  # items per multiple-choice task
+    wikitext_docs: int = 1  # WikiText-2 documents for perplexity
+    max_new_tokens: int = 16
     answer_stop: list = field(default_factory=lambda: ["\n", "."])  # answers end at the first line/sentence end
     fluency_prompts: int = 16
     fluency_tokens: int = 48
