@@ -20,7 +20,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from trustedit.methods.base import Method, MethodConfig, layer_index, opt, retain_pairs, sample_items, set_seed, train_pairs
+from trustedit.methods.base import (Method, MethodConfig, layer_index, opt, retain_pairs, sample_items, set_seed,
+                                    train_pairs, training_record)
 
 
 @dataclass
@@ -100,9 +101,7 @@ def fit(lm, forget, retain, cfg: SanitizationConfig):
         p.requires_grad_(flags[n])
     model.eval()
     patch = Patch("sanitization-lora", deltas)
-    patch.manifest["training"] = {"modules": len(modules), "steps": len(losses), "pairs": len(pairs),
-                                  "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
-                                  "seconds": round(time.time() - t0, 2)}
+    patch.manifest["training"] = training_record(losses, pairs, t0, modules=len(modules))
     return patch
 
 

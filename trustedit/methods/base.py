@@ -170,6 +170,14 @@ def retain_pairs(lm, pairs, how: str, max_new_tokens: int = 16, batch_size: int 
     return out
 
 
+def training_record(losses, pairs, t0: float, **extra) -> dict:
+    """What a fit did, for the patch manifest and results.json."""
+    import time
+
+    return {**extra, "steps": len(losses), "pairs": len(pairs), "loss_first": losses[0] if losses else None,
+            "loss_last": losses[-1] if losses else None, "seconds": round(time.time() - t0, 2)}
+
+
 def train_pairs(model, pairs, params, *, lr, epochs=1, max_steps=None, batch_size=8, warmup_steps=0,
                 weight_decay=0.0, seed=0, pad_id=0, desc="train", grad_clip=1.0):
     """AdamW on ``params`` minimising target-token cross-entropy (prompt masked) over ``pairs``.

@@ -14,7 +14,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from trustedit.methods.base import Method, MethodConfig, layer_index, opt, retain_pairs, sample_items, set_seed, train_pairs
+from trustedit.methods.base import (Method, MethodConfig, layer_index, opt, retain_pairs, sample_items, set_seed,
+                                    train_pairs, training_record)
 
 
 @dataclass
@@ -49,9 +50,7 @@ def fit(lm, forget, retain, cfg: FTMConfig):
                              batch_size=cfg.batch_size, warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
                              seed=cfg.seed, pad_id=lm.tokenizer.pad_token_id, desc="ft-m")
     patch = dense_patch_from(model, before, "ft-m")
-    patch.manifest["training"] = {"layer": L, "parameters": [name], "steps": len(losses), "pairs": len(pairs),
-                                  "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
-                                  "seconds": round(time.time() - t0, 2)}
+    patch.manifest["training"] = training_record(losses, pairs, t0, layer=L, parameters=[name])
     return patch
 
 
