@@ -46,6 +46,10 @@ def _parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("ls", help="list methods or datasets")
     ls.add_argument("what", choices=["methods", "datasets"])
 
+    cmp_ = sub.add_parser("compare", help="side-by-side table of several run directories")
+    cmp_.add_argument("runs", nargs="+", help="run directories (each with results.json)")
+    cmp_.add_argument("--out", default=None, help="also write the table to this Markdown file")
+
     pa = sub.add_parser("patch", help="apply, revert or export a saved patch")
     pa.add_argument("action", choices=["apply", "revert", "export", "show"])
     pa.add_argument("patch", help="patch folder (a run's patch/ folder)")
@@ -94,6 +98,29 @@ def _cmd_erase(args) -> int:
 
     print(metric_table(results["metrics"]))
     print(f"\nwrote {args.out}/ (results.json, samples.jsonl, summary.md, patch/) in {results['timings_s']['total']:.0f} s")
+    return 0
+
+
+def _cmd_compare(args) -> int:
+    import json
+    from pathlib import Path
+
+    from trustedit.errors import TrusteditError
+    from trustedit.report import compare_runs
+
+    runs = []
+    for d in args.runs:
+        p = Path(d) / "results.json"
+        if not p.is_file():
+            raise TrusteditError(f"{p}: missing (not a trustedit run directory)")
+        try:
+            runs.append((Path(d).name, json.loads(p.read_text())))
+        except json.JSONDecodeError as e:
+            raise TrusteditError(f"{p}: invalid JSON at line {e.lineno}: {e.msg}") from None
+    table = compare_runs(runs)
+    print(table)
+    if args.out:
+        Path(args.out).write_text(table)
     return 0
 
 
@@ -149,13 +176,16 @@ def main(argv=None) -> int:
     from trustedit.errors import TrusteditError
 
     try:
-        return {"erase": _cmd_erase, "ls": _cmd_ls, "patch": _cmd_patch}[args.command](args)
+        return {"erase": _cmd_erase, "ls": _cmd_ls, "patch": _cmd_patch, "compare": _cmd_compare}[args.command](args)
     except TrusteditError as e:
         print(f"trustedit: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("trustedit: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

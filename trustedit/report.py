@@ -58,3 +58,39 @@ def erase_summary(r: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def compare_runs(runs: list[tuple[str, dict]]) -> str:
+    """Side-by-side table of several runs' results (e.g. two erase methods on one dataset):
+    one row per metric, one column per run with ``before -> after (delta)``."""
+    names = [k for k in HEADLINE if any(k in r["metrics"] for _, r in runs)]
+    names += sorted({k for _, r in runs for k in r["metrics"]} - set(names))
+    head = "| metric | " + " | ".join(f"{label}: {r['method']['name']}" for label, r in runs) + " |"
+    rows = [head, "|---|" + "---|" * len(runs)]
+    for k in names:
+        cells = []
+        for _, r in runs:
+            m = r["metrics"].get(k)
+            if m is None:
+                cells.append("—")
+                continue
+            pct = m["aggregation"] == "mean" and not k.startswith("fluency")
+            cells.append(f"{_fmt(m['pre']['value'], pct)} → {_fmt(m['post']['value'], pct)} ({_fmt(m['delta']['value'], pct)})")
+        rows.append(f"| {k}{' (%)' if pct else ''} | " + " | ".join(cells) + " |")
+    notes = []
+    for label, r in runs:
+        d = r["dataset"]
+        k = d.get("known_only")
+        notes.append(f"- {label}: {r['method']['name']} {r['method']['config']}, data {d['fingerprint'][:19]}…, "
+                     f"test {len_or(d, k)}, model {r['model']['fingerprint'][:24]}…, {r['timings_s'].get('total', 0):.0f} s")
+    fps = {r["dataset"]["fingerprint"] for _, r in runs}
+    warn = [] if len(fps) == 1 else ["", "**Warning**: the runs used different data (fingerprints differ); the columns are not comparable."]
+    return "\n".join(rows + [""] + notes + warn) + "\n"
+
+
+def len_or(d: dict, known) -> str:
+    if known:
+        return f"known-only {known['test_forget_kept']}/{known['test_forget_total']} forget, " \
+               f"{known['test_retain_kept']}/{known['test_retain_total']} retain"
+    c = d["counts"]
+    return f"{c['test_forget']} forget, {c['test_retain']} retain"

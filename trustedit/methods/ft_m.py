@@ -4,9 +4,11 @@ From EasyEdit's FT-M (Zhang et al. 2024, "A Comprehensive Study of Knowledge Edi
 Language Models"; FT-L of Meng et al. 2022 with the loss restricted to the target tokens). The
 weights of ``layers[layer].mlp.down_proj`` are trained; nothing else changes.
 
-Deviation, documented: for erasure, retain pairs (question -> gold answer) are mixed into the
-training set with weight ``retain_weight`` (0 disables them), because the sanitation task trains
-on both K_F and K_R; EasyEdit's FT-M trains on the edit requests alone.
+Deviation, documented: for erasure, retain pairs are mixed into the training set with weight
+``retain_weight`` (0 disables them), because the sanitation task trains on both K_F and K_R;
+EasyEdit's FT-M trains on the edit requests alone. Their targets are the base model's own greedy
+answers by default (``retain_target=self``; ``gold`` uses the dataset's), see
+:func:`trustedit.methods.base.retain_pairs`.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ class FTMConfig(MethodConfig):
     warmup_steps: int = opt(5, "Linear warm-up steps.")
     weight_decay: float = opt(0.0, "AdamW weight decay.")
     retain_weight: int = opt(1, "Copies of the retain pairs mixed into training (0: forget pairs only).")
-    retain_target: str = opt("gold", "Retain targets: 'gold' (dataset answers, the paper) or 'self' (the base model's own greedy answers).")
+    retain_target: str = opt("self", "Retain targets: 'gold' (dataset answers, the paper) or 'self' (the base model's own greedy answers).")
     retain_limit: int = opt(160, "Use at most this many retain pairs (0: all), a seeded sample.")
     batch_size: int = opt(8, "Training batch size (sequences).")
 
