@@ -28,7 +28,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     from trustedit.data.sanitation import load
-    from trustedit.erase import EraseOptions, _subset, known_filter, measure, prepare, retention
+    from trustedit.erase import EraseOptions, _subset, known_filter, prepare, retention
     from trustedit.metrics.scores import compare
     from trustedit.models import load_model
     from trustedit.registry import get_method
@@ -59,7 +59,7 @@ def main(argv=None):
         t_fit = time.time() - t
         patch.apply(lm.model)
         t = time.time()
-        post = measure(lm, opts, ep.test_f, ep.test_r)
+        post = ep.measure(lm, opts)
         post_scores = ep.scores(opts, post)
         post_ret = retention(lm, opts)
         t_post = time.time() - t

@@ -39,17 +39,16 @@ class EraseOptions:
     hub: bool = True
 
 
-def measure(lm, opts: EraseOptions, forget_pairs, retain_pairs) -> dict:
+def measure(lm, opts: EraseOptions, forget_pairs, retain_pairs, fluency_prompts) -> dict:
     """The model passes behind every sanitation metric: greedy answers, teacher-forced
-    predictions, and longer generations for fluency."""
+    predictions, and longer generations (on ``fluency_prompts``) for fluency."""
     from trustedit.prompts import generate, predicted_target_tokens
 
     tok, model = lm.tokenizer, lm.model
     prompts = [p.prompt for p in forget_pairs] + [p.prompt for p in retain_pairs]
     texts, _ = generate(model, tok, prompts, opts.max_new_tokens, opts.batch_size, desc="generate answers",
                         stop_strings=tuple(opts.answer_stop) or None)
-    n_fl = min(opts.fluency_prompts, len(retain_pairs))
-    flu, _ = generate(model, tok, [p.prompt for p in retain_pairs[:n_fl]], opts.fluency_tokens, opts.batch_size, desc="fluency")
+    flu, _ = generate(model, tok, fluency_prompts, opts.fluency_tokens, opts.batch_size, desc="fluency")
     return {
         "gen_forget": texts[: len(forget_pairs)],
         "gen_retain": texts[len(forget_pairs) :],
@@ -108,7 +107,12 @@ class Episode:
     test_r: list
     train_f: list
     train_r: list
+    fluency_prompts: list  # fixed prompt ids for the fluency generations (kept by restrict)
     pre: dict  # base-model passes (see measure)
+
+    def measure(self, lm, opts) -> dict:
+        """The current model's passes on this episode's test items."""
+        return measure(lm, opts, self.test_f, self.test_r, self.fluency_prompts)
 
     def restrict(self, keep_f, keep_r) -> "Episode":
         """The same episode on a subset of the test items (no new model passes)."""
@@ -116,7 +120,7 @@ class Episode:
         d.test_forget = [self.data.test_forget[i] for i in keep_f]
         d.test_retain = [self.data.test_retain[i] for i in keep_r]
         return Episode(d, self.fmt_name, [self.test_f[i] for i in keep_f], [self.test_r[i] for i in keep_r],
-                       self.train_f, self.train_r, _subset(self.pre, keep_f, keep_r))
+                       self.train_f, self.train_r, self.fluency_prompts, _subset(self.pre, keep_f, keep_r))
 
     def known(self) -> tuple["Episode", dict]:
         keep_f, keep_r = known_filter(self.data, self.pre)
@@ -146,7 +150,8 @@ def prepare(lm, data, opts: EraseOptions) -> Episode:
     train_f = pairs(data.train_forget, [data.idk] * len(data.train_forget))
     train_r = pairs(data.train_retain, [x.answer for x in data.train_retain])
     fmt_name = "chat template" if fmt.uses_chat(tok) else "plain Q/A"
-    return Episode(data, fmt_name, test_f, test_r, train_f, train_r, measure(lm, opts, test_f, test_r))
+    fluency = [p.prompt for p in test_r[: opts.fluency_prompts]]
+    return Episode(data, fmt_name, test_f, test_r, train_f, train_r, fluency, measure(lm, opts, test_f, test_r, fluency))
 
 
 def run(opts: EraseOptions) -> dict:
@@ -194,7 +199,7 @@ def run(opts: EraseOptions) -> dict:
         patch.apply(lm.model)
 
     with timer("post_eval"):
-        post_raw = measure(lm, opts, ep.test_f, ep.test_r)
+        post_raw = ep.measure(lm, opts)
         post_scores = ep.scores(opts, post_raw)
         post_ret = retention(lm, opts)
 
