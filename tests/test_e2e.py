@@ -22,6 +22,8 @@ def _installed(dist):
 
 def _run(args, cwd, timeout=900):
     env = {**os.environ, "TQDM_DISABLE": "1"}
+    if env.get("TRUSTEDIT_DATA_DIR"):  # the CLI runs from tmp_path: a relative data dir must not change meaning
+        env["TRUSTEDIT_DATA_DIR"] = os.path.abspath(env["TRUSTEDIT_DATA_DIR"])
     return subprocess.run([sys.executable, "-m", "trustedit", *args], capture_output=True, text=True, cwd=cwd, env=env,
                           timeout=timeout)
 
