@@ -89,7 +89,7 @@ def fit(lm, forget, retain, cfg: SanitizationConfig):
         params = [p for p in peft_model.parameters() if p.requires_grad]
         losses = train_pairs(peft_model, pairs, params, lr=cfg.lr, epochs=cfg.epochs, max_steps=cfg.max_steps or None,
                              batch_size=cfg.batch_size, warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
-                             seed=cfg.seed, pad_id=lm.tokenizer.pad_token_id, desc="sanitization-lora")
+                             seed=cfg.seed, pad_id=lm.tokenizer.pad_token_id, desc="sanitation-lora")
         deltas = {}
         mods = dict(peft_model.base_model.model.named_modules())
         for name in modules:
@@ -106,13 +106,13 @@ def fit(lm, forget, retain, cfg: SanitizationConfig):
     for n, p in model.named_parameters():
         p.requires_grad_(flags[n])
     model.eval()
-    patch = Patch("sanitization-lora", deltas)
+    patch = Patch("sanitation-lora", deltas)
     patch.manifest["training"] = training_record(losses, pairs, t0, modules=len(modules))
     return patch
 
 
 METHOD = Method(
-    name="sanitization-lora",
+    name="sanitation-lora",
     config=SanitizationConfig,
     fit=fit,
     citation="Ishibashi & Shimodaira 2023, Knowledge Sanitization of Large Language Models (arXiv:2309.11852)",

@@ -37,7 +37,7 @@ def test_erase_end_to_end_embedded(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert sorted(os.listdir(out)) == ["patch", "results.json", "samples.jsonl", "summary.md"]
     res = json.loads((out / "results.json").read_text())
-    assert res["method"]["name"] == "sanitization-lora" and res["method"]["config"]["max_steps"] == 3
+    assert res["method"]["name"] == "sanitation-lora" and res["method"]["config"]["max_steps"] == 3
     assert res["model"]["fingerprint"].startswith("gguf-sha256:")
     assert res["dataset"]["fingerprint"].startswith("sha256:")
     for k in ("K_S_idk_rate", "K_F_leak_rate", "K_R_retain_accuracy", "over_refusal_rate", "edit_success", "locality",

@@ -173,7 +173,7 @@ def test_gpt2_conv1d_patches_revert_bit_exact(tiny_gpt2, qa, weights):
 # ---- save / load / apply ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", ["ft-m", "sanitization-lora"])
+@pytest.mark.parametrize("method", ["ft-m", "sanitation-lora"])
 def test_saved_patch_applied_to_fresh_base_equals_in_memory_edit(method, llama_factory, qa, tmp_path, weights):
     lm = llama_factory()
     patch = (_ftm if method == "ft-m" else _lora)(lm, qa)
