@@ -13,11 +13,14 @@ from trustedit.errors import UsageError
 METHODS: dict[str, str] = {
     "sanitation-lora": "trustedit.privacy.sanitization:METHOD",
     "ft-m": "trustedit.methods.ft_m:METHOD",
+    "dama": "trustedit.bias.dama:METHOD",
+    "inlp": "trustedit.bias.inlp:METHOD",
 }
 
 # Which methods each task verb offers, and its default.
 TASK_METHODS: dict[str, tuple[str, ...]] = {
     "erase": ("sanitation-lora", "ft-m"),
+    "debias": ("dama", "inlp"),  # fit(lm, prompts, cfg, stages=None) -> Patch
 }
 
 # Dataset specs: small declarative descriptions, loaders named lazily.
