@@ -42,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=d.batch_size, help="evaluation batch size")
     e.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="answer length cap (answers also end at the first '.' or newline)")
     e.add_argument("--no-hub", action="store_true", help="never try the Hugging Face Hub for data")
+    e.add_argument("--no-eval-cache", action="store_true",
+                   help="always re-run the base model's evaluation (by default it is reused from an earlier run with "
+                        "identical model, data, options and library versions; cache under ~/.cache/trustedit/evals)")
 
     ls = sub.add_parser("ls", help="list methods or datasets")
     ls.add_argument("what", choices=["methods", "datasets"])
@@ -87,7 +90,7 @@ def erase_options(args):
                         sets=args.sets, device=args.device, dtype=args.dtype, retention=retention,
                         retention_limit=args.retention_limit, wikitext_docs=args.wikitext_docs,
                         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, overwrite=args.overwrite,
-                        hub=not args.no_hub)
+                        hub=not args.no_hub, eval_cache=not args.no_eval_cache)
 
 
 def _cmd_erase(args) -> int:

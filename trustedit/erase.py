@@ -37,6 +37,7 @@ class EraseOptions:
     batch_size: int = 16
     overwrite: bool = False
     hub: bool = True
+    eval_cache: bool = True  # reuse the base model's passes from an earlier run with identical inputs
 
 
 def measure(lm, opts: EraseOptions, forget_pairs, retain_pairs, fluency_prompts) -> dict:
@@ -135,8 +136,9 @@ class Episode:
         return score(post, self.data, self.fmt_name, opts, self.test_f, pre=self.pre)
 
 
-def prepare(lm, data, opts: EraseOptions) -> Episode:
-    """Build the pairs (from token ids, chat template if any) and run the base model's passes."""
+def prepare(lm, data, opts: EraseOptions, pre: dict | None = None) -> Episode:
+    """Build the pairs (from token ids, chat template if any) and run the base model's passes
+    (unless ``pre``, the same passes from the evaluation cache, is given)."""
     from trustedit.prompts import PromptFormat, make_pairs
 
     fmt = PromptFormat()
@@ -151,7 +153,62 @@ def prepare(lm, data, opts: EraseOptions) -> Episode:
     train_r = pairs(data.train_retain, [x.answer for x in data.train_retain])
     fmt_name = "chat template" if fmt.uses_chat(tok) else "plain Q/A"
     fluency = [p.prompt for p in test_r[: opts.fluency_prompts]]
-    return Episode(data, fmt_name, test_f, test_r, train_f, train_r, fluency, measure(lm, opts, test_f, test_r, fluency))
+    ep = Episode(data, fmt_name, test_f, test_r, train_f, train_r, fluency, pre)
+    if pre is None:
+        ep.pre = ep.measure(lm, opts)
+    return ep
+
+
+EVAL_OPTIONS = ("max_new_tokens", "answer_stop", "fluency_prompts", "fluency_tokens", "batch_size", "retention",
+                "retention_limit", "wikitext_docs")
+
+
+def _retention_digest(opts: EraseOptions) -> str:
+    """Digest of the retention items the suite will score (so changed data files change the key)."""
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    from trustedit.data.retention import load_mc, load_wikitext
+
+    h = hashlib.sha256()
+    for t in opts.retention:
+        items = load_wikitext(opts.wikitext_docs) if t == "wikitext" else [asdict(x) for x in load_mc(t, opts.retention_limit)]
+        h.update(json.dumps([t, items], sort_keys=True).encode("utf-8"))
+    return h.hexdigest()
+
+
+def base_eval(lm, data, opts: EraseOptions):
+    """The base model's episode and retention scores, from the evaluation cache when an earlier
+    run had exactly the same inputs (see :mod:`trustedit.evalcache`). Returns
+    ``(episode, retention scores, cache info)``."""
+    from trustedit import __version__, evalcache
+    from trustedit.provenance import stamp
+
+    if not opts.eval_cache:
+        return prepare(lm, data, opts), retention(lm, opts), {"state": "off"}
+    ep = prepare(lm, data, opts, pre={})  # pairs only; passes below
+    versions = stamp()["versions"]
+    key = evalcache.make_key({
+        "trustedit": __version__, "torch": versions.get("torch"), "transformers": versions.get("transformers"),
+        "model": lm.fingerprint, "device": str(lm.device), "dtype": str(lm.dtype),
+        "test_forget": evalcache.ids_digest((p.prompt, p.target) for p in ep.test_f),
+        "test_retain": evalcache.ids_digest((p.prompt, p.target) for p in ep.test_r),
+        "fluency": evalcache.ids_digest((p,) for p in ep.fluency_prompts),
+        "options": {k: getattr(opts, k) for k in EVAL_OPTIONS},
+        "retention_items": _retention_digest(opts) if opts.retention else None,
+    })
+    hit = evalcache.load(key)
+    if hit is not None:
+        try:
+            ep.pre = hit["pre"]
+            return ep, evalcache.scores_from_json(hit["retention"]), {"state": "hit", "key": key}
+        except (KeyError, TypeError):
+            pass  # a damaged entry is recomputed and overwritten
+    ep.pre = ep.measure(lm, opts)
+    ret = retention(lm, opts)
+    evalcache.save(key, {"pre": ep.pre, "retention": evalcache.scores_to_json(ret)})
+    return ep, ret, {"state": "miss (stored)", "key": key}
 
 
 def run(opts: EraseOptions) -> dict:
@@ -184,7 +241,7 @@ def run(opts: EraseOptions) -> dict:
     with timer("load_model"):
         lm = load_model(opts.model, opts.device, opts.dtype)
     with timer("pre_eval"):
-        ep = prepare(lm, data, opts)
+        ep, pre_ret, cache_info = base_eval(lm, data, opts)
         known = None
         if opts.known_only:
             ep, known = ep.known()
@@ -192,7 +249,6 @@ def run(opts: EraseOptions) -> dict:
                 raise TrusteditError("--known-only: the base model answers none of the forget test questions")
         data = ep.data
         pre_scores = ep.scores(opts)
-        pre_ret = retention(lm, opts)
 
     with timer("edit"):
         patch = method.fit(lm, ep.train_f, ep.train_r, cfg)
@@ -219,8 +275,7 @@ def run(opts: EraseOptions) -> dict:
         "method": {"name": method.name, "citation": method.citation, "summary": method.summary, "config": cfg.to_dict()},
         "dataset": {**data.describe(), "limit": opts.limit, "known_only": known},
         "prompt_format": PromptFormat().describe(lm.tokenizer),
-        "evaluation": {k: getattr(opts, k) for k in ("max_new_tokens", "answer_stop", "fluency_prompts", "fluency_tokens", "batch_size",
-                                                      "retention", "retention_limit", "wikitext_docs")},
+        "evaluation": {**{k: getattr(opts, k) for k in EVAL_OPTIONS}, "base_eval_cache": cache_info},
         "seeds": {"seed": opts.seed, "bootstrap_seed": opts.seed, "bootstrap_resamples": 1000},
         "metrics": metrics,
         "patch": {"path": "patch", "method": method.name, "training": patch.manifest.get("training")},

@@ -1,0 +1,74 @@
+"""A cache for the base model's evaluation passes.
+
+The base model's passes on a test split depend only on the model weights, the test items as
+token ids, the evaluation options and the code that ran them. Every erase run of the same model
+on the same data repeats them, so they are stored under ``<cache>/evals/<key>.json``, where the
+key is the SHA-256 of all of those inputs (model fingerprint, device, dtype, token ids of every
+test pair, evaluation options, trustedit/torch/transformers versions). A changed input is a new
+key; an unreadable entry is ignored and recomputed. ``--no-eval-cache`` turns it off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+FORMAT = "trustedit-evalcache/1"
+
+
+def cache_dir() -> Path:
+    from trustedit.models import cache_root
+
+    return cache_root() / "evals"
+
+
+def make_key(parts: dict) -> str:
+    """SHA-256 of the canonical JSON of ``parts`` (every input the passes depend on)."""
+    blob = json.dumps({"format": FORMAT, **parts}, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def ids_digest(records) -> str:
+    """One digest of a list of records, each a tuple of token-id lists (e.g. prompt, target)."""
+    h = hashlib.sha256()
+    for rec in records:
+        h.update(json.dumps([list(x) for x in rec]).encode("ascii"))
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def load(key: str) -> dict | None:
+    path = cache_dir() / f"{key}.json"
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT or obj.get("key") != key:
+        return None
+    return obj.get("payload")
+
+
+def save(key: str, payload: dict) -> None:
+    """Write atomically (temporary file, then rename); a failed write leaves no entry."""
+    d = cache_dir()
+    d.mkdir(parents=True, exist_ok=True)
+    tmp = d / f".{key}.{os.getpid()}.tmp"
+    try:
+        tmp.write_text(json.dumps({"format": FORMAT, "key": key, "payload": payload}), encoding="utf-8")
+        os.replace(tmp, d / f"{key}.json")
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def scores_to_json(scores: dict) -> dict:
+    return {k: asdict(s) for k, s in scores.items()}
+
+
+def scores_from_json(obj: dict) -> dict:
+    from trustedit.metrics.scores import Score
+
+    return {k: Score(**v) for k, v in obj.items()}
