@@ -48,7 +48,9 @@ class BiasPrompt:
 
 
 def as_prompts(items) -> list[BiasPrompt]:
-    """BiasPrompts from BiasPrompts or train_dama.json-style dicts."""
+    """BiasPrompts from BiasPrompts, train_dama.json-style dicts, or any objects with ``prompt``
+    and ``subject`` attributes (and optionally ``gender_score`` / ``score``, ``target``), such as
+    :class:`trustedit.data.bias.DamaTrainItem`."""
     out = []
     for i, x in enumerate(items):
         if isinstance(x, BiasPrompt):
@@ -57,8 +59,11 @@ def as_prompts(items) -> list[BiasPrompt]:
             target = x.get("target_new", {}).get("str") if isinstance(x.get("target_new"), dict) else x.get("target")
             out.append(BiasPrompt(str(x["prompt"]), str(x.get("subject", "")), float(x.get("gender_score", x.get("score", 0.0))),
                                   target))
+        elif hasattr(x, "prompt") and hasattr(x, "subject"):
+            score = getattr(x, "gender_score", getattr(x, "score", 0.0))
+            out.append(BiasPrompt(str(x.prompt), str(x.subject), float(score or 0.0), getattr(x, "target", None)))
         else:
-            raise TypeError(f"prompt {i}: expected BiasPrompt or dict, got {type(x).__name__}")
+            raise TypeError(f"prompt {i}: expected BiasPrompt, dict or an object with prompt/subject, got {type(x).__name__}")
     return out
 
 
@@ -101,8 +106,10 @@ def load_professions(path: str | Path | None = None) -> list[tuple[str, float, f
 def generate_prompts(words, templates=DEFAULT_TEMPLATES, pair=DEFAULT_PAIR, article: str = "The") -> list[BiasPrompt]:
     """Prompts for every word x template.
 
-    ``words``: names (score 0), ``(name, score)`` pairs, or ``(name, factual, stereotypical)``
-    triples as in professions.json (the stereotypical score is used). Underscores become spaces.
+    ``words``: names (score 0), ``(name, score)`` pairs, ``(name, factual, stereotypical)``
+    triples as in professions.json, or objects with ``name`` and ``stereotypical`` (as
+    :class:`trustedit.data.bias.Profession`); the stereotypical score is used. Underscores become
+    spaces.
     ``templates`` hold one ``{}`` for the subject (``article + " " + name``). ``pair`` is the
     attribute pair (positive-score word, negative-score word); each record's ``target`` is the
     anti-stereotypical one (``pair[1]`` when the score is >= 0), as in train_dama.json.
@@ -115,6 +122,8 @@ def generate_prompts(words, templates=DEFAULT_TEMPLATES, pair=DEFAULT_PAIR, arti
     for w in words:
         if isinstance(w, str):
             name, score = w, 0.0
+        elif hasattr(w, "name") and hasattr(w, "stereotypical"):
+            name, score = w.name, float(w.stereotypical)
         elif len(w) == 2:
             name, score = w[0], float(w[1])
         elif len(w) == 3:

@@ -238,6 +238,19 @@ def test_generate_prompts_records_and_targets(tmp_path):
 
 
 @pytest.mark.data
+def test_prompts_from_the_bias_data_loaders():
+    from trustedit.data.paths import find
+
+    if find("dama/train_dama.json") is None:
+        pytest.skip("needs $TRUSTEDIT_DATA_DIR/dama")
+    from trustedit.data.bias import load_dama_professions, load_dama_train
+
+    assert as_prompts(load_dama_train()) == load_train_prompts()
+    gen = generate_prompts(load_dama_professions()[:3], TEMPLATES)
+    assert len(gen) == 9 and gen[0].subject == "The " + load_dama_professions()[0].name.replace("_", " ")
+
+
+@pytest.mark.data
 def test_generator_reproduces_train_dama():
     from trustedit.data.paths import find
 
