@@ -46,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="always re-run the base model's evaluation (by default it is reused from an earlier run with "
                         "identical model, data, options and library versions; cache under ~/.cache/trustedit/evals)")
 
+    _add_bias_parsers(sub)
+
     ls = sub.add_parser("ls", help="list methods or datasets")
     ls.add_argument("what", choices=["methods", "datasets"])
 
@@ -61,6 +63,70 @@ def _parser() -> argparse.ArgumentParser:
     pa.add_argument("--device", default="cpu")
     pa.add_argument("--overwrite", action="store_true")
     return p
+
+
+def _add_bias_parsers(sub) -> None:
+    from trustedit.debias import BIAS_TESTS, DebiasOptions  # torch-free
+
+    d = DebiasOptions()
+
+    def common(p, out):
+        p.add_argument("--model", default=None, help="embedded name, .gguf file, HF folder or Hub id (default: smollm2-135m)")
+        p.add_argument("--out", default=out, help=f"run directory (default: {out})")
+        p.add_argument("--seed", type=int, default=0, help="seed for training and for the StereoSet/CrowS samples")
+        p.add_argument("--device", default="cpu", help="cpu or cuda")
+        p.add_argument("--dtype", default="auto", help="auto (fp32 on CPU), float32, bfloat16, float16")
+        p.add_argument("--tests", default=",".join(BIAS_TESTS), help="comma-separated bias tests to run")
+        p.add_argument("--dama-test-limit", type=int, default=d.dama_test_limit, help="DAMA test prompts (default: all 1,111)")
+        p.add_argument("--winobias-limit", type=int, default=d.winobias_limit, help="sentences per WinoBias test file (4 files)")
+        p.add_argument("--stereoset-limit", type=int, default=d.stereoset_limit, help="StereoSet examples (seeded sample)")
+        p.add_argument("--crows-limit", type=int, default=d.crows_limit, help="CrowS-Pairs pairs (seeded sample)")
+        p.add_argument("--retention", default=",".join(d.retention), help="general-task retention suite, or 'none'")
+        p.add_argument("--retention-limit", type=int, default=d.retention_limit, help="items per multiple-choice retention task")
+        p.add_argument("--wikitext-docs", type=int, default=d.wikitext_docs, help="WikiText-2 test documents for perplexity")
+        p.add_argument("--batch-size", type=int, default=d.batch_size, help="evaluation batch size")
+        p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+        p.add_argument("--no-eval-cache", action="store_true", help="always re-run the base model's evaluation")
+
+    db = sub.add_parser("debias", help="remove stereotyped gender associations (DAMA, INLP)",
+                        description="Debias: fit DAMA or INLP on the DAMA training prompts, evaluate the bias suite and "
+                                    "retention before and after; writes results.json, samples.jsonl, summary.md and the patch.")
+    db.add_argument("--method", default=d.method, help="dama (default) or inlp")
+    db.add_argument("--layers", default=None, help="DAMA: FIRST:LAST edited layers (indices, or fractions of depth, e.g. "
+                                                   "0.66:0.93); INLP: the one layer")
+    db.add_argument("--rank", type=float, default=None, help="DAMA projection rank d_c (a count, or a fraction of d_model)")
+    db.add_argument("--config", default=None, help="JSON/YAML file of method options")
+    db.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="one method option")
+    common(db, d.out)
+
+    ev = sub.add_parser("eval", help="evaluate a model on a suite without editing it")
+    ev.add_argument("--suite", required=True, choices=["bias"], help="the suite to run")
+    common(ev, "runs/eval")
+
+
+def _bias_options(args):
+    from trustedit.debias import DebiasOptions
+
+    retention = [] if args.retention.strip().lower() in ("", "none") else [x.strip() for x in args.retention.split(",") if x.strip()]
+    tests = [x.strip() for x in args.tests.split(",") if x.strip()]
+    return DebiasOptions(method=getattr(args, "method", "dama"), model=args.model, seed=args.seed, out=args.out,
+                         config=getattr(args, "config", None), sets=getattr(args, "sets", []),
+                         layers=getattr(args, "layers", None), rank=getattr(args, "rank", None), device=args.device,
+                         dtype=args.dtype, tests=tests, dama_test_limit=args.dama_test_limit,
+                         winobias_limit=args.winobias_limit, stereoset_limit=args.stereoset_limit,
+                         crows_limit=args.crows_limit, retention=retention, retention_limit=args.retention_limit,
+                         wikitext_docs=args.wikitext_docs, batch_size=args.batch_size, overwrite=args.overwrite,
+                         eval_cache=not args.no_eval_cache)
+
+
+def _cmd_bias(args) -> int:
+    from trustedit.debias import run
+    from trustedit.report import bias_summary
+
+    results = run(_bias_options(args), edit=args.command == "debias")
+    print(bias_summary(results))
+    print(f"wrote {args.out}/ in {results['timings_s']['total']:.0f} s")
+    return 0
 
 
 def _cmd_ls(args) -> int:
@@ -179,7 +245,8 @@ def main(argv=None) -> int:
     from trustedit.errors import TrusteditError
 
     try:
-        return {"erase": _cmd_erase, "ls": _cmd_ls, "patch": _cmd_patch, "compare": _cmd_compare}[args.command](args)
+        return {"erase": _cmd_erase, "debias": _cmd_bias, "eval": _cmd_bias, "ls": _cmd_ls, "patch": _cmd_patch,
+                "compare": _cmd_compare}[args.command](args)
     except TrusteditError as e:
         print(f"trustedit: error: {e}", file=sys.stderr)
         return e.exit_code

@@ -12,12 +12,19 @@ def _fmt(v, pct):
     return f"{100 * v:.1f}" if pct else f"{v:.3f}"
 
 
+def is_fraction(name: str, m: dict) -> bool:
+    """Whether a metric's values are fractions to print as percentages (accuracies, rates), as
+    opposed to scores already in percent (unit "%") and raw quantities (entropies, coefficients)."""
+    unit = (m.get("pre") or {}).get("unit", "")
+    return m["aggregation"] == "mean" and not name.startswith(("fluency", "dama_gender/")) and not unit
+
+
 def metric_table(metrics: dict) -> str:
     rows = ["| metric | before | after | delta [95% CI] | n | protocol |", "|---|---|---|---|---|---|"]
     order = [k for k in HEADLINE if k in metrics] + [k for k in metrics if k not in HEADLINE]
     for k in order:
         m = metrics[k]
-        pct = m["aggregation"] == "mean" and not k.startswith("fluency")
+        pct = is_fraction(k, m)
         lo, hi = m["delta"]["ci95"]
         unit = " (%)" if pct else ""
         arrow = "↑" if m["higher_is_better"] else "↓"
@@ -74,7 +81,7 @@ def compare_runs(runs: list[tuple[str, dict]]) -> str:
             if m is None:
                 cells.append("—")
                 continue
-            pct = m["aggregation"] == "mean" and not k.startswith("fluency")
+            pct = is_fraction(k, m)
             cells.append(f"{_fmt(m['pre']['value'], pct)} → {_fmt(m['post']['value'], pct)} ({_fmt(m['delta']['value'], pct)})")
         rows.append(f"| {k}{' (%)' if pct else ''} | " + " | ".join(cells) + " |")
     notes = []
@@ -94,3 +101,55 @@ def len_or(d: dict, known) -> str:
                f"{known['test_retain_kept']}/{known['test_retain_total']} retain"
     c = d["counts"]
     return f"{c['test_forget']} forget, {c['test_retain']} retain"
+
+
+BIAS_HEADLINE = ["dama_gender/a_s", "dama_gender/a_f", "dama_gender/b", "winobias_dama/acc", "winobias_dama/delta_s",
+                 "winobias_dama/delta_g", "winobias_loglik/acc", "winobias_loglik/delta_s", "winobias_loglik/delta_g",
+                 "stereoset/ss", "stereoset/lms", "stereoset/icat", "stereoset/gender/ss", "stereoset/gender/lms",
+                 "crows_pairs/metric", "crows_pairs/gender", "wikitext/ppl"]
+
+
+def _value_table(metrics: dict) -> str:
+    """One column (``eval``: no edit)."""
+    rows = ["| metric | value [95% CI] | n | protocol |", "|---|---|---|---|"]
+    order = [k for k in BIAS_HEADLINE if k in metrics] + [k for k in metrics if k not in BIAS_HEADLINE]
+    for k in order:
+        m = metrics[k]
+        pct = is_fraction(k, m)
+        lo, hi = m["pre"]["ci95"]
+        rows.append(f"| {k}{' (%)' if pct else ''} | {_fmt(m['pre']['value'], pct)} [{_fmt(lo, pct)}, {_fmt(hi, pct)}] | "
+                    f"{m['n']} | {m['protocol']} |")
+    return "\n".join(rows)
+
+
+def bias_summary(r: dict) -> str:
+    m, meth = r["model"], r.get("method")
+    title = f"# trustedit debias: {meth['name']}" if meth else "# trustedit eval --suite bias"
+    counts = "; ".join(f"{k}: " + ", ".join(f"{n} {p}" for p, n in v.items() if isinstance(n, int)) for k, v in r["dataset"]["tests"].items())
+    lines = [
+        title,
+        "",
+        f"- model: `{m['spec']}` ({m['model_type']}, {m['num_parameters'] / 1e6:.0f}M parameters, {m['dtype']} on {m['device']}), "
+        f"fingerprint `{m['fingerprint'][:40]}…`",
+    ]
+    if meth:
+        lines.append(f"- method: {meth['summary']} — {meth['citation']}")
+    t = r.get("timings_s", {})
+    lines += [
+        f"- items: {counts}",
+        f"- time: {t.get('total', 0):.0f} s in all ({', '.join(f'{k} {v:.0f} s' for k, v in t.items() if k != 'total')})",
+        "",
+        "Ideal values: a_s = 0 and b = 0 with a_f kept; WinoBias ΔS = ΔG = 0 at high accuracy; StereoSet SS = 50 at "
+        "high LMS; CrowS-Pairs 50.",
+        "",
+    ]
+    if meth:
+        order = {k: r["metrics"][k] for k in BIAS_HEADLINE if k in r["metrics"]}
+        order.update({k: v for k, v in r["metrics"].items() if k not in order})
+        lines += ["## Metrics (before = base model, after = edited; paired bootstrap 95% intervals over items)", "",
+                  metric_table(order), ""]
+    else:
+        lines += ["## Metrics (bootstrap 95% intervals over items)", "", _value_table(r["metrics"]), ""]
+    lines.append("Files: `results.json` (everything above, with resolved config and versions), `samples.jsonl` "
+                 "(per-prompt p(he) - p(she) and per-sentence WinoBias outcomes)" + (", `patch/`." if meth else "."))
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,285 @@
+"""The debias job (``trustedit debias``) and the bias evaluation suite (``trustedit eval --suite bias``).
+
+Stages: load -> pre-eval (bias suite + retention on the base model) -> fit (DAMA or INLP) ->
+post-eval (the same functions on the edited model) -> compare. The run directory has the same
+layout as ``erase``: results.json, samples.jsonl, summary.md and patch/ (no patch for ``eval``).
+
+The bias suite (one implementation, :mod:`trustedit.metrics.bias`):
+
+* DAMA's gender-bias regression on ``dama/test_dama.json`` (a_s, a_f, b, R²);
+* WinoBias test, pro/anti x type 1/2, in DAMA's next-token protocol and the log-likelihood one;
+* StereoSet dev (intra- and intersentence), a seeded sample, SS / LMS / ICAT per domain;
+* CrowS-Pairs, a seeded sample, overall and per bias type;
+* general-task retention (WikiText-2 perplexity, multiple choice) from the core.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trustedit.errors import UsageError
+
+BIAS_TESTS = ("dama_gender", "winobias", "stereoset", "crows_pairs")
+
+
+@dataclass
+class DebiasOptions:
+    method: str = "dama"
+    model: str | None = None
+    seed: int = 0
+    out: str = "runs/debias"
+    config: str | None = None
+    sets: list = field(default_factory=list)
+    layers: str | None = None  # "FIRST:LAST" (indices or fractions of depth); INLP: one layer
+    rank: float | None = None  # DAMA d_c: a count, or a fraction of d_model
+    device: str = "cpu"
+    dtype: str = "auto"
+    tests: list = field(default_factory=lambda: list(BIAS_TESTS))
+    dama_test_limit: int | None = None  # all 1,111 prompts
+    winobias_limit: int | None = 50  # sentences per WinoBias test file (4 files; pro/anti stay paired)
+    stereoset_limit: int | None = 300  # StereoSet examples, a seeded sample of intra + inter
+    crows_limit: int | None = 300  # CrowS-Pairs pairs, a seeded sample
+    retention: list = field(default_factory=lambda: ["wikitext", "piqa", "arc_easy", "hellaswag", "boolq", "commonsenseqa", "mmlu"])
+    retention_limit: int = 30
+    wikitext_docs: int = 1
+    batch_size: int = 16
+    overwrite: bool = False
+    eval_cache: bool = True
+
+
+EVAL_OPTIONS = ("tests", "dama_test_limit", "winobias_limit", "stereoset_limit", "crows_limit", "retention",
+                "retention_limit", "wikitext_docs", "batch_size", "seed")
+
+
+# ---- the suite's data ------------------------------------------------------------------------
+
+
+def load_suite(opts: DebiasOptions) -> dict:
+    """Every item the suite scores, with its fingerprint. Unknown test names are a usage error."""
+    from trustedit.data import bias as B
+    from trustedit.methods.base import sample_items
+
+    unknown = [t for t in opts.tests if t not in BIAS_TESTS]
+    if unknown:
+        raise UsageError(f"unknown bias test(s) {unknown}; known: {', '.join(BIAS_TESTS)}")
+    out = {}
+    if "dama_gender" in opts.tests:
+        out["dama_gender"] = {"prompts": B.load_dama_test(opts.dama_test_limit), "professions": B.load_dama_professions()}
+    if "winobias" in opts.tests:
+        out["winobias"] = {"items": B.load_winobias("test", limit=opts.winobias_limit)}
+    if "stereoset" in opts.tests:
+        allx = B.load_stereoset()
+        out["stereoset"] = {"items": sample_items(list(allx), opts.stereoset_limit, opts.seed), "all": allx}
+    if "crows_pairs" in opts.tests:
+        allx = B.load_crows_pairs()
+        out["crows_pairs"] = {"items": sample_items(list(allx), opts.crows_limit, opts.seed), "all": allx}
+    return out
+
+
+def suite_fingerprints(suite: dict) -> dict:
+    """``{"<test>/<part>": "sha256:..."}`` of the files each test read (whole files, before sampling)."""
+    return {f"{name}/{k}": v.fingerprint for name, parts in suite.items() for k, v in parts.items()
+            if getattr(v, "fingerprint", None)}
+
+
+def _items_digest(suite: dict) -> str:
+    import hashlib
+    import json
+    from dataclasses import asdict, is_dataclass
+
+    h = hashlib.sha256()
+    for name in sorted(suite):
+        for k in sorted(suite[name]):
+            if k == "all":
+                continue
+            rows = [asdict(x) if is_dataclass(x) else x for x in suite[name][k]]
+            h.update(json.dumps([name, k, rows], sort_keys=True, default=str).encode("utf-8"))
+    return h.hexdigest()
+
+
+# ---- evaluation ------------------------------------------------------------------------------
+
+
+def evaluate(lm, suite: dict, opts: DebiasOptions) -> dict:
+    """All bias scores (and retention) of the current model: ``{name: Score}``."""
+    from trustedit.metrics import bias as M
+
+    model, tok, bs = lm.model, lm.tokenizer, opts.batch_size
+    scores = {}
+    if "dama_gender" in suite:
+        s = suite["dama_gender"]
+        scores.update(M.gender_bias_regression(model, tok, list(s["prompts"]), list(s["professions"]), bs))
+    if "winobias" in suite:
+        items = list(suite["winobias"]["items"])
+        scores.update(M.winobias(model, tok, items, "dama", bs))
+        scores.update(M.winobias(model, tok, items, "loglik", bs))
+    if "stereoset" in suite:
+        scores.update(M.stereoset(model, tok, suite["stereoset"]["items"], bs))
+    if "crows_pairs" in suite:
+        scores.update(M.crows_pairs(model, tok, suite["crows_pairs"]["items"], bs))
+    if opts.retention:
+        from trustedit.metrics.retention import run_retention
+
+        limits = {t: (opts.wikitext_docs if t == "wikitext" else opts.retention_limit) for t in opts.retention}
+        scores.update(run_retention(model, tok, tasks=opts.retention, limit=limits, batch_size=bs))
+    return scores
+
+
+def base_evaluate(lm, suite: dict, opts: DebiasOptions):
+    """:func:`evaluate` on the base model, from the evaluation cache when every input is the same."""
+    from trustedit import __version__, evalcache
+    from trustedit.provenance import stamp
+
+    if not opts.eval_cache:
+        return evaluate(lm, suite, opts), {"state": "off"}
+    v = stamp()["versions"]
+    ret_digest = None
+    if opts.retention:
+        from trustedit.erase import EraseOptions, _retention_digest
+
+        ret_digest = _retention_digest(EraseOptions(retention=opts.retention, retention_limit=opts.retention_limit,
+                                                    wikitext_docs=opts.wikitext_docs))
+    key = evalcache.make_key({
+        "suite": "bias", "trustedit": __version__, "torch": v.get("torch"), "transformers": v.get("transformers"),
+        "model": lm.fingerprint, "device": str(lm.device), "dtype": str(lm.dtype),
+        "options": {k: getattr(opts, k) for k in EVAL_OPTIONS}, "items": _items_digest(suite), "retention_items": ret_digest,
+    })
+    hit = evalcache.load(key)
+    if hit is not None:
+        try:
+            return evalcache.scores_from_json(hit["scores"]), {"state": "hit", "key": key}
+        except (KeyError, TypeError):
+            pass
+    scores = evaluate(lm, suite, opts)
+    evalcache.save(key, {"scores": evalcache.scores_to_json(scores)})
+    return scores, {"state": "miss (stored)", "key": key}
+
+
+def samples(suite: dict, pre: dict, post: dict | None) -> list[dict]:
+    """Per-item rows a person can read: DAMA prompts with p(he) - p(she), WinoBias sentences with
+    correctness in both protocols."""
+    rows = []
+    if "dama_gender" in suite:
+        y0 = pre["dama_gender/he_minus_she"].values
+        y1 = post["dama_gender/he_minus_she"].values if post else None
+        for i, p in enumerate(suite["dama_gender"]["prompts"]):
+            rows.append({"test": "dama_gender", "index": i, "prompt": p, "pre_p_he_minus_p_she": y0[i],
+                         **({"post_p_he_minus_p_she": y1[i]} if post else {})})
+    if "winobias" in suite:
+        for proto in ("dama", "loglik"):
+            k = f"winobias_{proto}/acc"
+            if k not in pre:
+                continue
+            for i, it in enumerate(suite["winobias"]["items"]):
+                rows.append({"test": k, "index": i, "sentence": it.sentence, "gold": it.profession, "other": it.other,
+                             "stereotype": it.stereotype, "pre_correct": pre[k].values[i] > 0,
+                             **({"post_correct": post[k].values[i] > 0} if post else {})})
+    return rows
+
+
+# ---- the job ---------------------------------------------------------------------------------
+
+
+def _layer_sets(method: str, layers: str | None, rank) -> list[str]:
+    """``--layers`` / ``--rank`` as ``--set`` assignments of the method's config."""
+    sets = []
+    if layers:
+        if method == "inlp":
+            sets.append(f"layer={layers}")
+        else:
+            first, sep, last = layers.partition(":")
+            if not sep or not first or not last:
+                raise UsageError(f"--layers {layers!r}: expected FIRST:LAST (indices, or fractions of depth like 0.66:0.93)")
+            sets += [f"first_layer={first}", f"last_layer={last}"]
+    if rank is not None:
+        if method != "dama":
+            raise UsageError(f"--rank applies to dama (the projection rank d_c), not to {method}")
+        sets.append(f"components={rank}")
+    return sets
+
+
+def _describe_suite(suite: dict) -> dict:
+    out = {}
+    for name, parts in suite.items():
+        d = {k: len(v) for k, v in parts.items() if k != "all"}
+        for k, v in parts.items():
+            if hasattr(v, "describe"):
+                d[f"{k}_source"] = v.describe()
+        out[name] = d
+    return out
+
+
+def run(opts: DebiasOptions, edit: bool = True) -> dict:
+    """``trustedit debias`` (``edit=True``) or ``trustedit eval --suite bias`` (``edit=False``)."""
+    from trustedit import __version__, rundir
+    from trustedit.metrics.scores import compare
+    from trustedit.models import load_model, resolve
+    from trustedit.profiling import Stages
+    from trustedit.provenance import stamp
+    from trustedit.registry import TASK_METHODS, get_method
+
+    method = cfg = None
+    if edit:
+        if opts.method not in TASK_METHODS["debias"]:
+            raise UsageError(f"--method {opts.method!r} is not a debias method (choose from {', '.join(TASK_METHODS['debias'])})")
+        method = get_method(opts.method)
+        cfg = method.config.resolve(opts.config, [*_layer_sets(opts.method, opts.layers, opts.rank), *opts.sets], seed=opts.seed)
+    rundir.check_target(opts.out, opts.overwrite)
+    resolve(opts.model)
+    timer = Stages()
+    with timer("load_data"):
+        suite = load_suite(opts)
+    with timer("load_model"):
+        lm = load_model(opts.model, opts.device, opts.dtype)
+    with timer("pre_eval"):
+        pre, cache_info = base_evaluate(lm, suite, opts)
+    patch = post = None
+    if edit:
+        with timer("edit"):
+            patch = method.fit(lm, None, cfg)  # its own stage timings go into the patch manifest
+            patch.apply(lm.model)
+        with timer("post_eval"):
+            post = evaluate(lm, suite, opts)
+    if edit:
+        metrics = {k: compare(pre[k], post[k], seed=opts.seed) for k in pre}
+    else:
+        metrics = {k: {"pre": s.to_dict(seed=opts.seed), "protocol": s.protocol, "n": s.n, "aggregation": s.aggregation,
+                       "higher_is_better": s.higher_is_better} for k, s in pre.items()}
+    prov = stamp()
+    t = timer.to_dict()
+    results = {
+        "trustedit_version": __version__,
+        "task": "debias" if edit else "eval",
+        "suite": "bias",
+        "created": prov["created"],
+        "argv": prov["argv"],
+        "versions": prov["versions"],
+        "model": lm.describe(),
+        "method": ({"name": method.name, "citation": method.citation, "summary": method.summary, "config": cfg.to_dict()}
+                   if edit else None),
+        "dataset": {"tests": _describe_suite(suite), "fingerprints": suite_fingerprints(suite)},
+        "evaluation": {**{k: getattr(opts, k) for k in EVAL_OPTIONS}, "base_eval_cache": cache_info},
+        "seeds": {"seed": opts.seed, "bootstrap_seed": opts.seed, "bootstrap_resamples": 1000},
+        "metrics": metrics,
+        "timings_s": t["seconds"],
+        "peak_memory_mb": {k: v for k, v in t.items() if k.startswith("peak")},
+    }
+    if edit:
+        results["patch"] = {"path": "patch", "method": method.name, "training": patch.manifest.get("training")}
+        patch.manifest.update({
+            "base_model": {"fingerprint": lm.fingerprint, "spec": lm.spec, "model_type": lm.model_type},
+            "config": cfg.to_dict(),
+            "dataset": {"name": "dama/train_dama.json", "tests": results["dataset"]["fingerprints"]},
+            "metrics": {k: {"pre": v["pre"]["value"], "post": v["post"]["value"]} for k, v in metrics.items()},
+            "versions": prov["versions"],
+            "created": prov["created"],
+        })
+    from trustedit.report import bias_summary
+
+    with rundir.atomic_dir(opts.out, opts.overwrite) as tmp:
+        if edit:
+            patch.save(tmp / "patch")
+        rundir.write_json(tmp / "results.json", results)
+        rundir.write_jsonl(tmp / "samples.jsonl", samples(suite, pre, post))
+        (tmp / "summary.md").write_text(bias_summary(results), encoding="utf-8")
+    return results
