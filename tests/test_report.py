@@ -45,3 +45,15 @@ def test_compare_cli(tmp_path):
     assert "25.0" in (tmp_path / "cmp.md").read_text() and "75.0" in r.stdout
     r = subprocess.run([sys.executable, "-m", "trustedit", "compare", str(tmp_path / "nope")], capture_output=True, text=True)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "results.json" in r.stderr
+
+
+def test_bias_scores_already_in_percent_are_not_scaled_again():
+    from trustedit.report import is_fraction
+
+    m = {"aggregation": "mean", "pre": {}}
+    assert is_fraction("piqa/acc", m) and is_fraction("K_S_idk_rate", m)
+    for name in ("stereoset/icat", "stereoset/gender/ss", "crows_pairs/metric", "winobias_dama/delta_s", "dama_gender/a_s",
+                 "fluency_ngram_entropy"):
+        assert not is_fraction(name, m), name
+    assert not is_fraction("x", {"aggregation": "mean", "pre": {"unit": "%"}})
+    assert not is_fraction("wikitext/ppl", {"aggregation": "ppl", "pre": {}})

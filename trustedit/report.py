@@ -16,7 +16,8 @@ def is_fraction(name: str, m: dict) -> bool:
     """Whether a metric's values are fractions to print as percentages (accuracies, rates), as
     opposed to scores already in percent (unit "%") and raw quantities (entropies, coefficients)."""
     unit = (m.get("pre") or {}).get("unit", "")
-    return m["aggregation"] == "mean" and not name.startswith(("fluency", "dama_gender/")) and not unit
+    raw = ("fluency", "dama_gender/", "winobias_", "stereoset/", "crows_pairs/")  # entropies, coefficients, % scores
+    return m["aggregation"] == "mean" and not name.startswith(raw) and not unit
 
 
 def metric_table(metrics: dict) -> str:
