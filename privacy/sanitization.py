@@ -116,5 +116,5 @@ METHOD = Method(
     config=SanitizationConfig,
     fit=fit,
     citation="Ishibashi & Shimodaira 2023, Knowledge Sanitization of Large Language Models (arXiv:2309.11852)",
-    summary="LoRA fine-tuning: forget questions -> \"I don't know.\", retain questions -> gold answers",
+    summary="LoRA fine-tuning: forget questions -> \"I don't know.\", retain questions -> their answers (the base model's own by default; gold with retain_target=gold)",
 )
