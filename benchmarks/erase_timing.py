@@ -1,6 +1,8 @@
 """Time the main job stage by stage (load, pre-eval, edit, post-eval) with peak memory.
 
-    TRUSTEDIT_DATA_DIR=../shared/data python -m trustedit.benchmarks.erase_timing [--method ft-m] [erase options...]
+    python -m trustedit.benchmarks.erase_timing [--method ft-m] [erase options...]
+
+Data come from $TRUSTEDIT_DATA_DIR, as for `trustedit erase`.
 
 Runs ``trustedit erase`` in this process (default options unless given) and prints a Markdown
 table of seconds and peak resident memory per stage, plus the machine, ready for
