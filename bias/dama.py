@@ -222,6 +222,8 @@ def last_token_states(model, module_name: str, seqs, *, what: str = "output", ba
     import torch
     from tqdm.auto import tqdm
 
+    from trustedit.prompts import pad_right
+
     mods = dict(model.named_modules())
     if module_name not in mods:
         raise KeyError(f"no such module: {module_name}")
@@ -247,12 +249,7 @@ def last_token_states(model, module_name: str, seqs, *, what: str = "output", ba
         with torch.no_grad():
             for s in tqdm(range(0, len(order), batch_size), desc=desc or module_name, leave=False):
                 idx = order[s: s + batch_size]
-                width = max(len(seqs[i]) for i in idx)
-                ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-                mask = torch.zeros((len(idx), width), dtype=torch.long)
-                for r, i in enumerate(idx):
-                    ids[r, : len(seqs[i])] = torch.tensor(seqs[i])
-                    mask[r, : len(seqs[i])] = 1
+                ids, mask = pad_right([seqs[i] for i in idx], pad_id)
                 grabbed.clear()
                 grabbed["rows"] = torch.arange(len(idx), device=device)
                 grabbed["last"] = (mask.sum(1) - 1).to(device)

@@ -47,7 +47,7 @@ class SanitizationConfig(MethodConfig):
     batch_size: int = opt(8, "Training batch size (sequences).")
 
 
-ROLE_ATTR = {"q": "q", "k": "k", "v": "v", "o": "o", "gate": "gate", "up": "up", "down": "down"}
+ROLES = ("q", "k", "v", "o", "gate", "up", "down")  # ArchSpec fields naming one projection each
 
 
 def target_modules(model, cfg: SanitizationConfig) -> list[str]:
@@ -60,9 +60,9 @@ def target_modules(model, cfg: SanitizationConfig) -> list[str]:
     first = layer_index(cfg.first_layer, n)
     names = []
     for role in cfg.targets:
-        if role not in ROLE_ATTR:
-            raise UsageError(f"unknown LoRA target role {role!r} (known: {', '.join(ROLE_ATTR)})")
-        rel = getattr(spec, ROLE_ATTR[role])
+        if role not in ROLES:
+            raise UsageError(f"unknown LoRA target role {role!r} (known: {', '.join(ROLES)})")
+        rel = getattr(spec, role)
         if rel is None:
             raise UsageError(f"architecture {model.config.model_type} has no separate {role} projection")
         names += [arch.layer_path(model, i, rel) for i in range(first, n)]

@@ -6,7 +6,7 @@ never sniff a model's name.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from trustedit.errors import ArchitectureError
 
@@ -57,20 +57,9 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "gemma": _LLAMA_LIKE,
     "gemma2": _LLAMA_LIKE,
     "gemma3_text": _LLAMA_LIKE,
-    "gemma3": ArchSpec(
-        layers="model.language_model.layers",
-        embed="model.language_model.embed_tokens",
-        final_norm="model.language_model.norm",
-        lm_head="lm_head",
-        mlp="mlp",
-        down="mlp.down_proj",
-        up="mlp.up_proj",
-        gate="mlp.gate_proj",
-        q="self_attn.q_proj",
-        k="self_attn.k_proj",
-        v="self_attn.v_proj",
-        o="self_attn.o_proj",
-    ),
+    # the multimodal wrapper: the same decoder under model.language_model
+    "gemma3": replace(_LLAMA_LIKE, layers="model.language_model.layers", embed="model.language_model.embed_tokens",
+                      final_norm="model.language_model.norm"),
     "gpt2": ArchSpec(
         layers="transformer.h",
         embed="transformer.wte",

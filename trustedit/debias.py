@@ -127,32 +127,18 @@ def evaluate(lm, suite: dict, opts: DebiasOptions) -> dict:
 
 def base_evaluate(lm, suite: dict, opts: DebiasOptions):
     """:func:`evaluate` on the base model, from the evaluation cache when every input is the same."""
-    from trustedit import __version__, evalcache
-    from trustedit.provenance import stamp
+    from trustedit import evalcache
 
     if not opts.eval_cache:
         return evaluate(lm, suite, opts), {"state": "off"}
-    v = stamp()["versions"]
-    ret_digest = None
-    if opts.retention:
-        from trustedit.erase import EraseOptions, _retention_digest
-
-        ret_digest = _retention_digest(EraseOptions(retention=opts.retention, retention_limit=opts.retention_limit,
-                                                    wikitext_docs=opts.wikitext_docs))
-    key = evalcache.make_key({
-        "suite": "bias", "trustedit": __version__, "torch": v.get("torch"), "transformers": v.get("transformers"),
-        "model": lm.fingerprint, "device": str(lm.device), "dtype": str(lm.dtype),
-        "options": {k: getattr(opts, k) for k in EVAL_OPTIONS}, "items": _items_digest(suite), "retention_items": ret_digest,
-    })
-    hit = evalcache.load(key)
-    if hit is not None:
-        try:
-            return evalcache.scores_from_json(hit["scores"]), {"state": "hit", "key": key}
-        except (KeyError, TypeError):
-            pass
-    scores = evaluate(lm, suite, opts)
-    evalcache.save(key, {"scores": evalcache.scores_to_json(scores)})
-    return scores, {"state": "miss (stored)", "key": key}
+    parts = {
+        "suite": "bias", "model": lm.fingerprint, "device": str(lm.device), "dtype": str(lm.dtype),
+        "options": {k: getattr(opts, k) for k in EVAL_OPTIONS}, "items": _items_digest(suite),
+        "retention_items": evalcache.retention_digest(opts.retention, opts.retention_limit, opts.wikitext_docs),
+    }
+    return evalcache.cached(parts, lambda: evaluate(lm, suite, opts),
+                            encode=lambda v: {"scores": evalcache.scores_to_json(v)},
+                            decode=lambda o: evalcache.scores_from_json(o["scores"]))
 
 
 def samples(suite: dict, pre: dict, post: dict | None) -> list[dict]:

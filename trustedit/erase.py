@@ -163,52 +163,28 @@ EVAL_OPTIONS = ("max_new_tokens", "answer_stop", "fluency_prompts", "fluency_tok
                 "retention_limit", "wikitext_docs")
 
 
-def _retention_digest(opts: EraseOptions) -> str:
-    """Digest of the retention items the suite will score (so changed data files change the key)."""
-    import hashlib
-    import json
-    from dataclasses import asdict
-
-    from trustedit.data.retention import load_mc, load_wikitext
-
-    h = hashlib.sha256()
-    for t in opts.retention:
-        items = load_wikitext(opts.wikitext_docs) if t == "wikitext" else [asdict(x) for x in load_mc(t, opts.retention_limit)]
-        h.update(json.dumps([t, items], sort_keys=True).encode("utf-8"))
-    return h.hexdigest()
-
-
 def base_eval(lm, data, opts: EraseOptions):
     """The base model's episode and retention scores, from the evaluation cache when an earlier
     run had exactly the same inputs (see :mod:`trustedit.evalcache`). Returns
     ``(episode, retention scores, cache info)``."""
-    from trustedit import __version__, evalcache
-    from trustedit.provenance import stamp
+    from trustedit import evalcache
 
     if not opts.eval_cache:
         return prepare(lm, data, opts), retention(lm, opts), {"state": "off"}
     ep = prepare(lm, data, opts, pre={})  # pairs only; passes below
-    versions = stamp()["versions"]
-    key = evalcache.make_key({
-        "trustedit": __version__, "torch": versions.get("torch"), "transformers": versions.get("transformers"),
+    parts = {
         "model": lm.fingerprint, "device": str(lm.device), "dtype": str(lm.dtype),
         "test_forget": evalcache.ids_digest((p.prompt, p.target) for p in ep.test_f),
         "test_retain": evalcache.ids_digest((p.prompt, p.target) for p in ep.test_r),
         "fluency": evalcache.ids_digest((p,) for p in ep.fluency_prompts),
         "options": {k: getattr(opts, k) for k in EVAL_OPTIONS},
-        "retention_items": _retention_digest(opts) if opts.retention else None,
-    })
-    hit = evalcache.load(key)
-    if hit is not None:
-        try:
-            ep.pre = hit["pre"]
-            return ep, evalcache.scores_from_json(hit["retention"]), {"state": "hit", "key": key}
-        except (KeyError, TypeError):
-            pass  # a damaged entry is recomputed and overwritten
-    ep.pre = ep.measure(lm, opts)
-    ret = retention(lm, opts)
-    evalcache.save(key, {"pre": ep.pre, "retention": evalcache.scores_to_json(ret)})
-    return ep, ret, {"state": "miss (stored)", "key": key}
+        "retention_items": evalcache.retention_digest(opts.retention, opts.retention_limit, opts.wikitext_docs),
+    }
+    (ep.pre, ret), info = evalcache.cached(
+        parts, lambda: (ep.measure(lm, opts), retention(lm, opts)),
+        encode=lambda v: {"pre": v[0], "retention": evalcache.scores_to_json(v[1])},
+        decode=lambda o: (o["pre"], evalcache.scores_from_json(o["retention"])))
+    return ep, ret, info
 
 
 def run(opts: EraseOptions) -> dict:

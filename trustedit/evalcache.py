@@ -64,6 +64,40 @@ def save(key: str, payload: dict) -> None:
             tmp.unlink()
 
 
+def retention_digest(tasks, retention_limit: int | None, wikitext_docs: int | None) -> str | None:
+    """Digest of the retention items a suite will score (changed data files change the key)."""
+    if not tasks:
+        return None
+    from dataclasses import asdict
+
+    from trustedit.data.retention import load_mc, load_wikitext
+
+    h = hashlib.sha256()
+    for t in tasks:
+        items = load_wikitext(wikitext_docs) if t == "wikitext" else [asdict(x) for x in load_mc(t, retention_limit)]
+        h.update(json.dumps([t, items], sort_keys=True).encode("utf-8"))
+    return h.hexdigest()
+
+
+def cached(parts: dict, compute, encode, decode):
+    """``compute()``'s value, from the cache when an entry for ``parts`` (plus the trustedit,
+    torch and transformers versions) exists; otherwise computed and stored. A damaged entry is
+    recomputed. Returns ``(value, {"state": "hit" | "miss (stored)", "key": ...})``."""
+    from trustedit.provenance import versions
+
+    v = versions()
+    key = make_key({**parts, **{k: v.get(k) for k in ("trustedit", "torch", "transformers")}})
+    hit = load(key)
+    if hit is not None:
+        try:
+            return decode(hit), {"state": "hit", "key": key}
+        except (KeyError, TypeError):
+            pass
+    value = compute()
+    save(key, encode(value))
+    return value, {"state": "miss (stored)", "key": key}
+
+
 def scores_to_json(scores: dict) -> dict:
     return {k: asdict(s) for k, s in scores.items()}
 

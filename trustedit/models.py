@@ -14,7 +14,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trustedit.rundir import make_tmp_dir
+from trustedit.rundir import atomic_dir, make_tmp_dir
 from trustedit.errors import ArchitectureError, TrusteditError
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -214,20 +214,11 @@ def save_plain(model, tokenizer, folder: Path) -> None:
 
 def save_folder(model, tokenizer, out, extra: dict | None = None) -> Path:
     """Atomically write a plain HF folder at ``out`` (plus ``extra`` name -> text files)."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = make_tmp_dir(out)
-    try:
+    with atomic_dir(out, overwrite=True) as tmp:
         save_plain(model, tokenizer, tmp)
         for name, text in (extra or {}).items():
             (tmp / name).write_text(text)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return Path(out)
 
 
 def check_folder_architecture(folder: Path) -> None:

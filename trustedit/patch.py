@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trustedit.rundir import make_tmp_dir
+from trustedit.rundir import atomic_dir
 from trustedit.errors import TrusteditError
 
 PATCH_FORMAT = "trustedit-patch/1"
@@ -112,10 +111,7 @@ class Patch:
         """Write ``patch.safetensors`` and ``manifest.json`` into ``folder`` (atomically)."""
         from safetensors.torch import save_file
 
-        folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = make_tmp_dir(folder)
-        try:
+        with atomic_dir(folder, overwrite=True) as tmp:
             tensors, index = {}, {}
             for i, (name, delta) in enumerate(sorted(self.deltas.items())):
                 keys = {}
@@ -129,13 +125,7 @@ class Patch:
             manifest.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
             manifest["num_delta_parameters"] = sum(d.numel for d in self.deltas.values())
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True, default=str))
-            if folder.exists():
-                shutil.rmtree(folder)
-            os.replace(tmp, folder)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return folder
+        return Path(folder)
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> "Patch":

@@ -90,13 +90,25 @@ def make_pairs(tokenizer, fmt: PromptFormat, questions, answers) -> list[Pair]:
     return [Pair(fmt.prompt_ids(tokenizer, q), fmt.target_ids(tokenizer, a)) for q, a in zip(questions, answers)]
 
 
+def pad_right(seqs, pad_id: int):
+    """``(ids, attention_mask)`` long tensors for token-id lists, right-padded with ``pad_id``
+    to the longest."""
+    import torch
+
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for r, s in enumerate(seqs):
+        ids[r, : len(s)] = torch.as_tensor(list(s), dtype=torch.long)
+        mask[r, : len(s)] = 1
+    return ids, mask
+
+
 def collate(pairs: list[Pair], pad_id: int, max_length: int | None = None):
     """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` tensors.
 
     Sequences longer than ``max_length`` lose prompt tokens from the left (never target tokens).
     """
-    import torch
-
     rows = []
     for p in pairs:
         ids, lab = p.input_ids, p.labels
@@ -105,14 +117,8 @@ def collate(pairs: list[Pair], pad_id: int, max_length: int | None = None):
                 raise ValueError(f"target of {len(p.target)} tokens does not fit max_length={max_length}")
             ids, lab = ids[-max_length:], lab[-max_length:]
         rows.append((ids, lab))
-    width = max(len(ids) for ids, _ in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, (ids, lab) in enumerate(rows):
-        input_ids[i, : len(ids)] = torch.tensor(ids)
-        labels[i, : len(lab)] = torch.tensor(lab)
-        mask[i, : len(ids)] = 1
+    input_ids, mask = pad_right([ids for ids, _ in rows], pad_id)
+    labels, _ = pad_right([lab for _, lab in rows], IGNORE)
     return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
 
 

@@ -20,10 +20,14 @@ def is_fraction(name: str, m: dict) -> bool:
     return m["aggregation"] == "mean" and not name.startswith(raw) and not unit
 
 
-def metric_table(metrics: dict) -> str:
+def _ordered(metrics: dict, headline) -> list[str]:
+    """The headline metrics first (in their order), then the rest as they come."""
+    return [k for k in headline if k in metrics] + [k for k in metrics if k not in headline]
+
+
+def metric_table(metrics: dict, headline=HEADLINE) -> str:
     rows = ["| metric | before | after | delta [95% CI] | n | protocol |", "|---|---|---|---|---|---|"]
-    order = [k for k in HEADLINE if k in metrics] + [k for k in metrics if k not in HEADLINE]
-    for k in order:
+    for k in _ordered(metrics, headline):
         m = metrics[k]
         pct = is_fraction(k, m)
         lo, hi = m["delta"]["ci95"]
@@ -113,8 +117,7 @@ BIAS_HEADLINE = ["dama_gender/a_s", "dama_gender/a_f", "dama_gender/b", "winobia
 def _value_table(metrics: dict) -> str:
     """One column (``eval``: no edit)."""
     rows = ["| metric | value [95% CI] | n | protocol |", "|---|---|---|---|"]
-    order = [k for k in BIAS_HEADLINE if k in metrics] + [k for k in metrics if k not in BIAS_HEADLINE]
-    for k in order:
+    for k in _ordered(metrics, BIAS_HEADLINE):
         m = metrics[k]
         pct = is_fraction(k, m)
         lo, hi = m["pre"]["ci95"]
@@ -145,10 +148,8 @@ def bias_summary(r: dict) -> str:
         "",
     ]
     if meth:
-        order = {k: r["metrics"][k] for k in BIAS_HEADLINE if k in r["metrics"]}
-        order.update({k: v for k, v in r["metrics"].items() if k not in order})
         lines += ["## Metrics (before = base model, after = edited; paired bootstrap 95% intervals over items)", "",
-                  metric_table(order), ""]
+                  metric_table(r["metrics"], BIAS_HEADLINE), ""]
     else:
         lines += ["## Metrics (bootstrap 95% intervals over items)", "", _value_table(r["metrics"]), ""]
     lines.append("Files: `results.json` (everything above, with resolved config and versions), `samples.jsonl` "

@@ -85,6 +85,7 @@ def _run(model, tokenizer, seqs: Sequence[list[int]], positions: Sequence[list[i
     import torch
 
     from trustedit.metrics.retention import _device, _forward, _pad_id, _progress, model_max_length
+    from trustedit.prompts import pad_right
 
     if batch_size < 1:
         raise TrusteditError(f"batch_size must be >= 1, got {batch_size}")
@@ -102,12 +103,7 @@ def _run(model, tokenizer, seqs: Sequence[list[int]], positions: Sequence[list[i
         with torch.inference_mode():
             for start in range(0, len(order), batch_size):
                 ks = order[start : start + batch_size]
-                width = max(len(seqs[k]) for k in ks)
-                ids = torch.full((len(ks), width), pad, dtype=torch.long)
-                mask = torch.zeros((len(ks), width), dtype=torch.long)
-                for r, k in enumerate(ks):
-                    ids[r, : len(seqs[k])] = torch.tensor(seqs[k], dtype=torch.long)
-                    mask[r, : len(seqs[k])] = 1
+                ids, mask = pad_right([seqs[k] for k in ks], pad)
                 needed = sorted({p for k in ks for p in positions[k]})
                 logits, col = _forward(model, ids.to(dev), mask.to(dev), needed)
                 for r, k in enumerate(ks):

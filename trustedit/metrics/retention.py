@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from trustedit.data.retention import MC_TASKS, MCItem, load_mc, load_wikitext
 from trustedit.errors import TrusteditError
 from trustedit.metrics.scores import Score
+from trustedit.prompts import pad_right
 
 DEFAULT_TASKS = ("wikitext", "piqa", "arc_easy", "hellaswag", "boolq", "commonsenseqa", "mmlu")
 # Items per task for one suite pass (wikitext: documents). Measured on SmolLM2-135M fp32, 2-core
@@ -181,12 +182,7 @@ def loglikelihood(model, tokenizer, requests: Sequence[tuple[str, str]], batch_s
         with torch.inference_mode():
             for start in range(0, len(jobs), batch_size):
                 chunk = jobs[start : start + batch_size]
-                width = max(len(inp) for inp, _ in chunk)
-                ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-                mask = torch.zeros((len(chunk), width), dtype=torch.long)
-                for r, (inp, _) in enumerate(chunk):
-                    ids[r, : len(inp)] = torch.tensor(inp, dtype=torch.long)
-                    mask[r, : len(inp)] = 1
+                ids, mask = pad_right([inp for inp, _ in chunk], pad)
                 # only the continuation positions need vocabulary logits (the union over the batch)
                 needed = sorted({p for inp, reqs in chunk for _, _, n in reqs for p in range(len(inp) - n, len(inp))})
                 logits, col = _forward(model, ids.to(dev), mask.to(dev), needed)
@@ -324,12 +320,7 @@ def perplexity(model, tokenizer, documents: Sequence[str], max_length: int | Non
         with torch.inference_mode():
             for start in range(0, len(order), batch_size):
                 chunk = [jobs[k] for k in order[start : start + batch_size]]
-                width = max(len(c[1]) - 1 for c in chunk)
-                ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-                mask = torch.zeros((len(chunk), width), dtype=torch.long)
-                for r, (_, w, _) in enumerate(chunk):
-                    ids[r, : len(w) - 1] = torch.tensor(w[:-1], dtype=torch.long)
-                    mask[r, : len(w) - 1] = 1
+                ids, mask = pad_right([w[:-1] for _, w, _ in chunk], pad)
                 logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits
                 for r, ((d, w, n_new), k) in enumerate(zip(chunk, order[start : start + batch_size])):
                     n_in = len(w) - 1
