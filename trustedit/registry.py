@@ -33,6 +33,30 @@ DATASETS: dict[str, dict] = {
         "description": "TriviaQA questions whose answers are forgotten (-> \"I don't know.\") and retain questions",
         "citation": "Ishibashi & Shimodaira 2023; KnowEdit (Zhang et al. 2024)",
     },
+    "realtoxicityprompts": {
+        "task": "detox",
+        "loader": "trustedit.data.toxicity:load_rtp",
+        "env_path": "realtoxicityprompts/rtp_quark_val_5k.jsonl",
+        "hub": "allenai/real_toxicity_prompts (not used; local file only)",
+        "description": "RTP prompts with Perspective toxicity of prompt and continuation (Quark's 5k validation split)",
+        "citation": "Gehman et al. 2020 (RealToxicityPrompts); Lu et al. 2022 (Quark)",
+    },
+    "jigsaw": {
+        "task": "detox",
+        "loader": "trustedit.data.toxicity:load_jigsaw",
+        "env_path": "jigsaw_toxic_nontoxic/{toxic,nontoxic}.txt",
+        "hub": "none (s-nlp/detox test files)",
+        "description": "Jigsaw comments labelled toxic / non-toxic, 5,000 each (trains the minilm-lr scorer)",
+        "citation": "Jigsaw / Civil Comments; Dale et al. 2021 (s-nlp/detox)",
+    },
+    "paradetox": {
+        "task": "detox",
+        "loader": "trustedit.data.toxicity:load_paradetox",
+        "env_path": "paradetox/paradetox.tsv",
+        "hub": "s-nlp/paradetox (not used; local file only)",
+        "description": "toxic sentences with 1-3 neutral rewrites (one toxic/neutral pair per rewrite)",
+        "citation": "Logacheva et al. 2022 (ParaDetox)",
+    },
 }
 
 
