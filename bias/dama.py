@@ -106,6 +106,7 @@ class DAMAConfig(MethodConfig):
     pls_tol: float = opt(1e-10, "Power-iteration tolerance on the squared change of the unit x-weight vector (used when d_model > 1024; smaller models use an exact eigendecomposition per component).")
     batch_size: int = opt(32, "Sequences per forward pass.")
     v_batch_size: int = opt(32, "Prompts whose value vectors are optimised together (memory: prompts x contexts x targets x vocabulary).")
+    replay_lower_layers: bool = opt(True, "Record the hidden states entering the first edited layer once and skip the (never edited) layers below it on later statistics passes: exact, and several times faster.")
 
 
 # ---- small pieces ------------------------------------------------------------------------------
@@ -214,11 +215,99 @@ class _Stop(Exception):
     pass
 
 
+class ResidualReplay:
+    """Skips the unedited lower layers on repeated passes over the same sequences.
+
+    DAMA's statistics for layer ``l`` need a forward pass over every training sequence through
+    the model already edited at layers ``< l``. Layers below the first edited one never change,
+    so the hidden states entering it are the same on every pass: the first pass through a
+    :class:`ResidualReplay` records them per batch (the batches of :func:`last_token_states` are
+    deterministic: length-sorted, fixed size); on later passes the layers below ``layer`` are
+    replaced by identity modules and ``layer`` receives the recorded states instead. Exact: the
+    same tensors go through the same layers (tested against the full forward). For a LLaMA-7B
+    editing 21-29 of 32 it saves ~80 % of the statistics compute; memory is one hidden state per
+    token of every sequence, in the model's dtype, on its device.
+    """
+
+    def __init__(self, model, layer: int):
+        from trustedit import arch
+
+        self.model, self.layer = model, int(layer)
+        self.layers = arch.get_module(model, arch.arch_for(model).layers)
+        self.states: list | None = None  # per batch, (B, T, d), once recorded
+        self.as_tuple: bool | None = None  # whether a decoder layer returns a tuple
+        self.batch = 0
+        self.key = None
+
+    @contextmanager
+    def session(self, n_seqs: int, batch_size: int):
+        """One pass of :func:`last_token_states`: records on the first, replays afterwards."""
+        key = (n_seqs, batch_size)
+        if self.states is not None and key != self.key:
+            raise ValueError(f"ResidualReplay recorded {self.key} (sequences, batch size), asked to replay {key}")
+        handles, saved = [], []
+        target = self.layers[self.layer]
+        if self.states is None:
+            self.states, self.key = [], key
+
+            def record(mod, args, kwargs):
+                h = args[0] if args else kwargs["hidden_states"]
+                if len(self.states) != self.batch:
+                    raise RuntimeError("ResidualReplay: batches recorded out of order")
+                self.states.append(h.detach().clone())
+
+            handles.append(target.register_forward_pre_hook(record, with_kwargs=True))
+            if self.layer > 0:
+                def kind(mod, args, out):
+                    self.as_tuple = isinstance(out, tuple)
+
+                handles.append(self.layers[0].register_forward_hook(kind))
+        else:
+            if self.layer > 0 and self.as_tuple is None:
+                raise RuntimeError("ResidualReplay: the recording pass never ran the first decoder layer")
+
+            def feed(mod, args, kwargs):
+                h = self.states[self.batch]
+                given = args[0] if args else kwargs["hidden_states"]
+                if given.shape != h.shape:
+                    raise RuntimeError(f"ResidualReplay: batch {self.batch} has shape {tuple(given.shape)}, recorded {tuple(h.shape)}")
+                if args:
+                    return (h,) + tuple(args[1:]), kwargs
+                return args, {**kwargs, "hidden_states": h}
+
+            handles.append(target.register_forward_pre_hook(feed, with_kwargs=True))
+            skip = _identity_layer(self.as_tuple)
+            for i in range(self.layer):
+                saved.append(self.layers[i])
+                self.layers[i] = skip
+        try:
+            yield self
+        finally:
+            for i, m in enumerate(saved):
+                self.layers[i] = m
+            for h in handles:
+                h.remove()
+
+
+def _identity_layer(as_tuple: bool):
+    """A stand-in decoder layer that returns its input hidden states unchanged."""
+    import torch
+
+    class Identity(torch.nn.Module):
+        def forward(self, hidden_states, *args, **kwargs):
+            return (hidden_states,) if as_tuple else hidden_states
+
+    return Identity()
+
+
 def last_token_states(model, module_name: str, seqs, *, what: str = "output", batch_size: int = 32, pad_id: int = 0,
-                      stop: bool = True, desc: str | None = None):
+                      stop: bool = True, desc: str | None = None, replay: "ResidualReplay | None" = None):
     """``(len(seqs), dim)`` float32: the input or output of ``module_name`` at each sequence's
     last token. Sequences are right-padded in length-sorted batches; with ``stop`` the forward
-    pass ends at that module (later layers and the unembedding are never computed)."""
+    pass ends at that module (later layers and the unembedding are never computed). With
+    ``replay`` (a :class:`ResidualReplay` over the same ``seqs`` and ``batch_size``), the first
+    pass records the hidden states entering the replay layer and later passes skip the layers
+    below it."""
     import torch
     from tqdm.auto import tqdm
 
@@ -246,9 +335,11 @@ def last_token_states(model, module_name: str, seqs, *, what: str = "output", ba
     else:
         raise ValueError(f"what must be 'input' or 'output', not {what!r}")
     try:
-        with torch.no_grad():
-            for s in tqdm(range(0, len(order), batch_size), desc=desc or module_name, leave=False):
+        with torch.no_grad(), (replay.session(len(seqs), batch_size) if replay is not None else nullcontext()):
+            for b, s in enumerate(tqdm(range(0, len(order), batch_size), desc=desc or module_name, leave=False)):
                 idx = order[s: s + batch_size]
+                if replay is not None:
+                    replay.batch = b
                 ids, mask = pad_right([seqs[i] for i in idx], pad_id)
                 grabbed.clear()
                 grabbed["rows"] = torch.arange(len(idx), device=device)
@@ -387,16 +478,19 @@ def compute_value_vectors(lm, rewrite, kl, n_contexts: int, target_ids, cfg: DAM
 # ---- step 2: statistics, PLS, projection --------------------------------------------------------
 
 
-def layer_statistics(lm, layer: int, rewrite, n_contexts: int, batch_size: int = 32):
+def layer_statistics(lm, layer: int, rewrite, n_contexts: int, batch_size: int = 32, replay=None):
     """``U`` (N, d_ff): the down-projection input of ``layer`` at the last token, averaged over
-    the contexts of each prompt (``rewrite`` is request-major, see :func:`build_sequences`)."""
+    the contexts of each prompt (``rewrite`` is request-major, see :func:`build_sequences`).
+    ``replay``: an optional :class:`ResidualReplay` at a layer ``<= layer``."""
     from trustedit import arch
 
     model = lm.model
     name = arch.layer_path(model, layer, arch.arch_for(model).down)
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    if replay is not None and replay.layer > layer:
+        raise ValueError(f"replay at layer {replay.layer} cannot serve statistics of layer {layer}")
     u = last_token_states(model, name, rewrite, what="input", batch_size=batch_size, pad_id=pad,
-                          desc=f"dama: statistics L{layer}")
+                          desc=f"dama: statistics L{layer}", replay=replay)
     return u.view(len(rewrite) // n_contexts, n_contexts, -1).mean(1)
 
 
@@ -578,53 +672,68 @@ class _Timer:
         self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - t, 3)
 
 
-def fit(lm, prompts=None, cfg: DAMAConfig | None = None, stages=None):
-    """Fit DAMA on ``prompts`` (None: the DAMA training prompts) and return the Patch."""
-    import torch
-    from tqdm.auto import tqdm
+@dataclass
+class Prepared:
+    """What every layer range and rank of one DAMA fit share: the prompts, their token
+    sequences, and the value vectors (``V``: targets x prompts x d_model)."""
 
-    from trustedit import arch
-    from trustedit.bias.prompts import as_prompts, fingerprint, load_train_prompts
+    prompts: list
+    prompts_available: int
+    contexts: list
+    rewrite: list
+    kl: list
+    target_ids: list
+    target_lens: list
+    V: object
+    value_record: dict
+
+
+def prepare(lm, prompts, cfg: DAMAConfig, timer=None) -> Prepared:
+    """Step 1: sample the prompts and contexts, build the sequences, compute the value vectors."""
+    from trustedit.bias.prompts import as_prompts, load_train_prompts
     from trustedit.errors import UsageError
-    from trustedit.patch import Patch
 
-    cfg = cfg or DAMAConfig()
-    set_seed(cfg.seed)
-    t0 = time.time()
-    timer = _Timer(stages, "dama/")
-    model, tok = lm.model, lm.tokenizer
-    spec = arch.arch_for(model)
-    n_layers = arch.num_layers(model)
-    layers = resolve_layers(cfg.first_layer, cfg.last_layer, n_layers)
+    timer = timer or _Timer()
     all_prompts = as_prompts(prompts) if prompts is not None else load_train_prompts()
-    prompts = sample_items(all_prompts, cfg.max_prompts, cfg.seed)
-    if not prompts:
+    chosen = sample_items(all_prompts, cfg.max_prompts, cfg.seed)
+    if not chosen:
         raise UsageError("DAMA needs at least one prompt")
     targets = [str(t) for t in cfg.targets]
     if len(targets) < 1 or (cfg.values == "contrast" and len(targets) < 2):
         raise UsageError(f"targets={targets}: values={cfg.values} needs {'two' if cfg.values == 'contrast' else 'one'} or more")
     fmt = plain_format()
-    tids, tlens = target_token_ids(tok, fmt, prompts[0].prompt, targets)
-    was_training = model.training
-    model.eval()
+    tids, tlens = target_token_ids(lm.tokenizer, fmt, chosen[0].prompt, targets)
+    with timer("contexts"):
+        contexts = [""] + context_prefixes(lm, [int(x) for x in cfg.context_lengths], cfg.contexts_per_length, cfg.seed)
+    rewrite, kl = build_sequences(lm.tokenizer, fmt, chosen, contexts, cfg.kl_template)
+    with timer("value_vectors"):
+        V, vrec = compute_value_vectors(lm, rewrite, kl, len(contexts), tids, cfg, stages=timer)
+    return Prepared(chosen, len(all_prompts), contexts, rewrite, kl, tids, tlens, V, vrec)
+
+
+def project_layers(lm, prep: Prepared, layers, k: int, values: str, cfg: DAMAConfig, timer=None, replay=None):
+    """Step 2, layer by layer in ascending order on the progressively edited model: statistics,
+    PLS, projection. Returns ``(deltas, per_layer)``; the model is restored exactly on return.
+    ``replay``: a :class:`ResidualReplay` at a layer ``<= min(layers)`` (None: full passes)."""
+    from tqdm.auto import tqdm
+
+    from trustedit import arch
+    from trustedit.patch import Patch
+
+    timer = timer or _Timer()
+    model = lm.model
+    spec = arch.arch_for(model)
+    C = len(prep.contexts)
     applied, deltas, per_layer = [], {}, {}
     try:
-        with timer("contexts"):
-            contexts = [""] + context_prefixes(lm, [int(x) for x in cfg.context_lengths], cfg.contexts_per_length, cfg.seed)
-        C = len(contexts)
-        rewrite, kl = build_sequences(tok, fmt, prompts, contexts, cfg.kl_template)
-        with timer("value_vectors"):
-            V, vrec = compute_value_vectors(lm, rewrite, kl, C, tids, cfg, stages=timer)
-        d_model = V.shape[-1]
-        k = resolve_components(cfg.components, d_model)
-        for L in tqdm(layers, desc="dama: layers", leave=False):
+        for L in tqdm(sorted(layers), desc="dama: layers", leave=False):
             name = arch.layer_path(model, L, spec.down) + ".weight"
             weight = dict(model.named_parameters())[name]
             with timer(f"statistics/L{L}"):
-                U = layer_statistics(lm, L, rewrite, C, cfg.batch_size)
+                U = layer_statistics(lm, L, prep.rewrite, C, cfg.batch_size, replay=replay)
             with timer(f"pls/L{L}"):
                 H = ffn_outputs(U, weight.detach(), spec.conv1d)
-                X, Y = regression_data(H, V.to(H.device), cfg.values)
+                X, Y = regression_data(H, prep.V.to(H.device), values)
                 info = {}
                 Wx = pls_x_weights(X, Y, min(k, H.shape[0] - 1), max_iter=cfg.pls_max_iter, tol=cfg.pls_tol, info=info)
                 iters = info["iterations"]
@@ -640,17 +749,54 @@ def fit(lm, prompts=None, cfg: DAMAConfig | None = None, stages=None):
     finally:
         for step in reversed(applied):
             step.revert(model)
-        model.train(was_training)
+    return deltas, per_layer
+
+
+def make_patch(lm, prep: Prepared, cfg: DAMAConfig, layers, k: int, deltas: dict, per_layer: dict, timings: dict,
+               seconds: float):
+    """The Patch with its training manifest."""
+    from trustedit.bias.prompts import fingerprint
+    from trustedit.patch import Patch
+
+    V, vrec = prep.V, prep.value_record
     patch = Patch("dama", deltas)
     patch.manifest["training"] = {
-        "layers": layers, "components": k, "values": cfg.values, "targets": targets, "target_token_ids": tids,
-        "target_token_counts": tlens, "prompts": len(prompts), "prompts_available": len(all_prompts),
-        "prompts_fingerprint": fingerprint(prompts), "contexts": contexts,
+        "layers": list(layers), "components": k, "values": cfg.values, "targets": [str(t) for t in cfg.targets],
+        "target_token_ids": prep.target_ids, "target_token_counts": prep.target_lens, "prompts": len(prep.prompts),
+        "prompts_available": prep.prompts_available, "prompts_fingerprint": fingerprint(prep.prompts),
+        "contexts": prep.contexts,
         "value_loss_first": vrec["loss"][0], "value_loss_last": vrec["loss"][-1],
         "value_p_target_first": vrec["p_target"][0], "value_p_target_last": vrec["p_target"][-1],
         "value_vector_norm_mean": float(V.norm(dim=-1).mean()), "per_layer": per_layer,
-        "timings_s": timer.seconds, "seconds": round(time.time() - t0, 2),
+        "lower_layers_replayed": bool(cfg.replay_lower_layers),
+        "timings_s": timings, "seconds": round(seconds, 2),
     }
+    return patch
+
+
+def fit(lm, prompts=None, cfg: DAMAConfig | None = None, stages=None):
+    """Fit DAMA on ``prompts`` (None: the DAMA training prompts) and return the Patch."""
+    import torch
+
+    from trustedit import arch
+
+    cfg = cfg or DAMAConfig()
+    set_seed(cfg.seed)
+    t0 = time.time()
+    timer = _Timer(stages, "dama/")
+    model = lm.model
+    layers = resolve_layers(cfg.first_layer, cfg.last_layer, arch.num_layers(model))
+    was_training = model.training
+    model.eval()
+    try:
+        prep = prepare(lm, prompts, cfg, timer)
+        k = resolve_components(cfg.components, prep.V.shape[-1])
+        replay = ResidualReplay(model, layers[0]) if cfg.replay_lower_layers and layers[0] > 0 else None
+        deltas, per_layer = project_layers(lm, prep, layers, k, cfg.values, cfg, timer, replay)
+    finally:
+        model.train(was_training)
+    del replay
+    patch = make_patch(lm, prep, cfg, layers, k, deltas, per_layer, timer.seconds, time.time() - t0)
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return patch

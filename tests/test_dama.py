@@ -458,6 +458,47 @@ def test_dama_edits_change_later_layer_statistics():
                                dama.projection_basis(dama.fit(lm, _prompts(), _cfg(first_layer=2.0, last_layer=2.0)).deltas[name2], False))
 
 
+@pytest.mark.parametrize("build", [_llama, _gpt2, _gemma3])
+def test_residual_replay_equals_the_full_forward(build):
+    """Replayed passes skip the layers below the replay layer and give the same statistics."""
+    lm = build(layers=5)
+    fmt = dama.plain_format()
+    seqs = [fmt.prompt_ids(lm.tokenizer, p.prompt) for p in _prompts()[:11]]
+    replay = dama.ResidualReplay(lm.model, 2)
+    first = dama.layer_statistics(lm, 2, seqs, 1, batch_size=4, replay=replay)  # records
+    assert len(replay.states) == 3
+    from trustedit import arch
+
+    layers = arch.get_module(lm.model, arch.arch_for(lm.model).layers)
+    calls = []
+    hooks = [layers[i].register_forward_hook(lambda *a, i=i: calls.append(i)) for i in range(5)]
+    try:
+        for L in (2, 3, 4):
+            full = dama.layer_statistics(lm, L, seqs, 1, batch_size=4)
+            ran = len(calls)
+            fast = dama.layer_statistics(lm, L, seqs, 1, batch_size=4, replay=replay)
+            assert not [i for i in calls[ran:] if i < 2], "a replayed pass ran a skipped layer"
+            torch.testing.assert_close(fast, full, atol=0, rtol=0)
+        torch.testing.assert_close(first, dama.layer_statistics(lm, 2, seqs, 1, batch_size=4), atol=0, rtol=0)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert all(layers[i].__class__.__name__ != "Identity" for i in range(5)), "skipped layers not restored"
+    with pytest.raises(ValueError):
+        dama.layer_statistics(lm, 1, seqs, 1, batch_size=4, replay=replay)  # below the replay layer
+    with pytest.raises(ValueError):
+        dama.layer_statistics(lm, 3, seqs[:5], 1, batch_size=4, replay=replay)  # other sequences
+
+
+def test_dama_fit_with_and_without_replay_agree():
+    a = dama.fit(_llama(layers=6), _prompts(), _cfg(first_layer=3.0, last_layer=5.0))
+    b = dama.fit(_llama(layers=6), _prompts(), _cfg(first_layer=3.0, last_layer=5.0, replay_lower_layers=False))
+    assert a.manifest["training"]["lower_layers_replayed"] and not b.manifest["training"]["lower_layers_replayed"]
+    for n in a.deltas:
+        Qa, Qb = dama.projection_basis(a.deltas[n], False), dama.projection_basis(b.deltas[n], False)
+        torch.testing.assert_close(Qa @ Qa.T, Qb @ Qb.T, atol=1e-4, rtol=0)
+
+
 # ---- INLP ----------------------------------------------------------------------------------------------
 
 

@@ -78,3 +78,39 @@ def test_unknown_test_and_method_are_usage_errors(tmp_path):
         run(DebiasOptions(out=str(tmp_path / "a"), tests=["nope"]), edit=False)
     with pytest.raises(UsageError, match="not a debias method"):
         run(DebiasOptions(out=str(tmp_path / "b"), method="ft-m"))
+
+
+@needs_data
+def test_sweep_maps_layers_by_rank_and_plots(tmp_path, monkeypatch, llama_factory, weights):
+    import trustedit.models as models
+    from trustedit.debias import parse_sweep, run_sweep
+
+    monkeypatch.setenv("TRUSTEDIT_CACHE", str(tmp_path / "cache"))
+    lm = llama_factory()
+    before = llama_factory()
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: lm)
+    monkeypatch.setattr(models, "resolve", lambda spec: ("tiny", "tiny", "tiny"))
+    opts = _opts(tmp_path, layers=None, rank=None, tests=["dama_gender", "winobias"], retention=["wikitext"],
+                 wikitext_docs=1)
+    specs, ranks = parse_sweep("0:1,1:1", "1,2")
+    r = run_sweep(opts, specs, ranks)
+    out = tmp_path / "run"
+    assert sorted(os.listdir(out)) == ["results.json", "summary.md", "sweep.svg"]
+    assert (out / "sweep.svg").read_text().lstrip().startswith("<?xml") and "<svg" in (out / "sweep.svg").read_text()
+    assert [(p["layers"], p["components"]) for p in r["points"]] == [([0, 1], 1), ([0, 1], 2), ([1], 1), ([1], 2)]
+    for p in r["points"]:
+        assert p["metrics"]["dama_gender/a_s"]["pre"]["value"] == r["base"]["dama_gender/a_s"]["value"]
+        assert "wikitext/ppl" in p["metrics"] and "winobias_dama/acc" in p["metrics"]
+    # layer ranges give different edits (here the tiny value vectors' cross-covariance has rank 1, so d_c 1 and 2
+    # coincide), every point records its ranks, and the model is left as it was
+    ppl = [p["metrics"]["wikitext/ppl"]["post"]["value"] for p in r["points"]]
+    assert ppl[0] != ppl[2]
+    assert all(1 <= v["rank"] <= p["components"] for p in r["points"] for v in p["per_layer"].values())
+    weights.assert_same(lm.model, before.model)
+    assert "| base |" in (out / "summary.md").read_text()
+    with pytest.raises(UsageError, match="--sweep-ranks"):
+        parse_sweep(None, "a,b")
+    with pytest.raises(UsageError, match="dama_gender"):
+        run_sweep(_opts(tmp_path, layers=None, rank=None, out=str(tmp_path / "x")), specs, ranks)  # no wikitext
+    with pytest.raises(UsageError, match="not to --method inlp|does not apply"):
+        run_sweep(_opts(tmp_path, method="inlp", layers=None, rank=None, out=str(tmp_path / "y")), specs, ranks)

@@ -48,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
 
     _add_bias_parsers(sub)
 
+    _add_scorers_parser(sub)
+
     ls = sub.add_parser("ls", help="list methods or datasets")
     ls.add_argument("what", choices=["methods", "datasets"])
 
@@ -95,6 +97,10 @@ def _add_bias_parsers(sub) -> None:
     db.add_argument("--layers", default=None, help="DAMA: FIRST:LAST edited layers (indices, or fractions of depth, e.g. "
                                                    "0.66:0.93); INLP: the one layer")
     db.add_argument("--rank", type=float, default=None, help="DAMA projection rank d_c (a count, or a fraction of d_model)")
+    db.add_argument("--sweep", action="store_true", help="DAMA: map bias against perplexity over --sweep-layers x "
+                    "--sweep-ranks (value vectors computed once); writes sweep.svg, no patch")
+    db.add_argument("--sweep-layers", default=None, help="comma-separated FIRST:LAST ranges (default: 0.66:0.93,0.83:0.93,0.5:0.66)")
+    db.add_argument("--sweep-ranks", default=None, help="comma-separated d_c values, counts or fractions of d_model (default: 2,8,36)")
     db.add_argument("--config", default=None, help="JSON/YAML file of method options")
     db.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="one method option")
     common(db, d.out)
@@ -102,6 +108,57 @@ def _add_bias_parsers(sub) -> None:
     ev = sub.add_parser("eval", help="evaluate a model on a suite without editing it")
     ev.add_argument("--suite", required=True, choices=["bias"], help="the suite to run")
     common(ev, "runs/eval")
+
+
+def _add_scorers_parser(sub) -> None:
+    sc = sub.add_parser("scorers", help="toxicity scorers: list, train (minilm-lr), check",
+                        description="ls: each scorer, its kind and whether it can run here; train: fit minilm-lr on "
+                                    "Jigsaw + ParaDetox and print its held-out ROC-AUC/F1; check: load a scorer and "
+                                    "score a few fixed texts (exit 2 on failure).")
+    sc.add_argument("action", choices=["ls", "train", "check"])
+    sc.add_argument("--scorer", default=None, help="minilm-lr (default), detoxify or profanity")
+    sc.add_argument("--scorer-checkpoint", default=None, help="detoxify: local checkpoint (.ckpt); "
+                                                              "default $TRUSTEDIT_DETOXIFY_CHECKPOINT")
+    sc.add_argument("--force", action="store_true", help="train: retrain even if a cached model exists")
+    sc.add_argument("--device", default="cpu", help="cpu or cuda")
+
+
+def _cmd_scorers(args) -> int:
+    from trustedit.errors import TrusteditError, UsageError
+    from trustedit.registry import DEFAULT_SCORER, SCORERS, get_scorer, get_scorer_class
+
+    name = args.scorer or DEFAULT_SCORER
+    if args.action == "ls":
+        for n in SCORERS:
+            cls = get_scorer_class(n)
+            ok, note = cls.status()
+            print(f"{n:10s} [{cls.kind}] {'available' if ok else 'unavailable'}: {note}\n{'':10s} {cls.summary}")
+        return 0
+    if args.action == "train":
+        if not hasattr(get_scorer_class(name), "train"):
+            raise UsageError(f"scorer {name!r} is not trained locally (only minilm-lr is)")
+        m = get_scorer(name, device=args.device).train(force=args.force)
+        h = m["heldout"]
+        print(f"{m['version']}: held-out ROC-AUC {h['roc_auc']:.4f}, F1@{h['threshold']} {h['f1']:.4f}, accuracy "
+              f"{h['accuracy']:.4f} (n={h['n']}, {h['n_toxic']} toxic; C={m['C']}; trained {m['trained_at']})")
+        for src, v in h["by_source"].items():
+            print(f"  {src}: ROC-AUC {v['roc_auc']:.4f}, F1 {v['f1']:.4f} (n={v['n']})")
+        return 0
+    from trustedit.safety.scorers import CHECK_TEXTS
+
+    try:
+        scorer = get_scorer(name, checkpoint=args.scorer_checkpoint, device=args.device)
+        scores = scorer.score(list(CHECK_TEXTS))
+    except TrusteditError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a failed check is a one-line exit 2, whatever broke
+        raise TrusteditError(f"scorer {name!r} failed: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
+    if len(scores) != len(CHECK_TEXTS) or not all(0.0 <= s <= 1.0 for s in scores):
+        raise TrusteditError(f"scorer {name!r} returned {scores!r}: expected {len(CHECK_TEXTS)} values in [0, 1]")
+    print(f"{scorer.name} [{scorer.kind}] {scorer.version}")
+    for t, s in zip(CHECK_TEXTS, scores):
+        print(f"  {scorer.kind} {s:.3f}  {t}")
+    return 0
 
 
 def _bias_options(args):
@@ -123,6 +180,18 @@ def _cmd_bias(args) -> int:
     from trustedit.debias import run
     from trustedit.report import bias_summary
 
+    if getattr(args, "sweep", False):
+        from trustedit.debias import parse_sweep, run_sweep
+        from trustedit.report import sweep_summary
+
+        results = run_sweep(_bias_options(args), *parse_sweep(args.sweep_layers, args.sweep_ranks))
+        print(sweep_summary(results))
+        print(f"wrote {args.out}/ (results.json, summary.md, sweep.svg) in {results['timings_s']['total']:.0f} s")
+        return 0
+    if getattr(args, "sweep_layers", None) or getattr(args, "sweep_ranks", None):
+        from trustedit.errors import UsageError
+
+        raise UsageError("--sweep-layers / --sweep-ranks need --sweep")
     results = run(_bias_options(args), edit=args.command == "debias")
     print(bias_summary(results))
     print(f"wrote {args.out}/ in {results['timings_s']['total']:.0f} s")
@@ -246,7 +315,7 @@ def main(argv=None) -> int:
 
     try:
         return {"erase": _cmd_erase, "debias": _cmd_bias, "eval": _cmd_bias, "ls": _cmd_ls, "patch": _cmd_patch,
-                "compare": _cmd_compare}[args.command](args)
+                "compare": _cmd_compare, "scorers": _cmd_scorers}[args.command](args)
     except TrusteditError as e:
         print(f"trustedit: error: {e}", file=sys.stderr)
         return e.exit_code

@@ -269,3 +269,123 @@ def run(opts: DebiasOptions, edit: bool = True) -> dict:
         rundir.write_jsonl(tmp / "samples.jsonl", samples(suite, pre, post))
         (tmp / "summary.md").write_text(bias_summary(results), encoding="utf-8")
     return results
+
+
+# ---- the sweep (``trustedit debias --sweep``) ------------------------------------------------
+
+SWEEP_LAYERS = ("0.66:0.93", "0.83:0.93", "0.5:0.66")  # the paper's range, its upper third, a middle band
+SWEEP_RANKS = (2, 8, 36)  # 36 = 1/16 of SmolLM2's 576 (the paper's 256 of 4096)
+
+
+def parse_sweep(layers: str | None, ranks: str | None) -> tuple[list[str], list[float]]:
+    """``--sweep-layers "A:B,C:D"`` and ``--sweep-ranks "2,8,0.0625"`` (defaults: SWEEP_*)."""
+    specs = [x.strip() for x in (layers or ",".join(SWEEP_LAYERS)).split(",") if x.strip()]
+    for s in specs:
+        _layer_sets("dama", s, None)  # validates FIRST:LAST
+    try:
+        rk = [float(x) for x in (ranks or ",".join(map(str, SWEEP_RANKS))).split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"--sweep-ranks {ranks!r}: expected comma-separated numbers") from None
+    if not specs or not rk or any(r <= 0 for r in rk):
+        raise UsageError("--sweep needs at least one layer range and one positive rank")
+    return specs, rk
+
+
+def _value(scores: dict, key: str):
+    return float(scores[key].value) if key in scores else None
+
+
+def run_sweep(opts: DebiasOptions, layer_specs: list[str], ranks: list[float]) -> dict:
+    """Map DAMA's trade-off over layer ranges x ranks: one value-vector computation, then per
+    point the statistics, PLS and projections (lower layers replayed), the suite on the edited
+    model, and a revert. Writes results.json (every point's metrics against the base model),
+    summary.md and sweep.svg (bias against perplexity)."""
+    import time
+
+    from trustedit import __version__, rundir
+    from trustedit.bias import dama
+    from trustedit.metrics.scores import compare
+    from trustedit.models import load_model, resolve
+    from trustedit.profiling import Stages
+    from trustedit.provenance import stamp
+    from trustedit.registry import get_method
+
+    if opts.method != "dama":
+        raise UsageError(f"--sweep maps DAMA's layers x rank; it does not apply to --method {opts.method}")
+    if opts.layers or opts.rank is not None:
+        raise UsageError("--sweep takes --sweep-layers / --sweep-ranks, not --layers / --rank")
+    if "dama_gender" not in opts.tests or "wikitext" not in opts.retention:
+        raise UsageError("--sweep plots a_s against perplexity: keep dama_gender in --tests and wikitext in --retention")
+    method = get_method("dama")
+    cfg = method.config.resolve(opts.config, list(opts.sets), seed=opts.seed)
+    rundir.check_target(opts.out, opts.overwrite)
+    resolve(opts.model)
+    timer = Stages()
+    with timer("load_data"):
+        suite = load_suite(opts)
+    with timer("load_model"):
+        lm = load_model(opts.model, opts.device, opts.dtype)
+    from trustedit import arch
+    from trustedit.methods.base import set_seed
+
+    n_layers = arch.num_layers(lm.model)
+    grid = []
+    for spec in layer_specs:
+        first, _, last = spec.partition(":")
+        layers = dama.resolve_layers(first, last, n_layers)
+        for r in ranks:
+            grid.append((spec, layers, r))
+    with timer("pre_eval"):
+        pre, cache_info = base_evaluate(lm, suite, opts)
+    set_seed(cfg.seed)
+    model = lm.model
+    model.eval()
+    points = []
+    with timer("prepare"):
+        prep = dama.prepare(lm, None, cfg)
+    low = min(g[1][0] for g in grid)
+    replay = dama.ResidualReplay(model, low) if cfg.replay_lower_layers and low > 0 else None
+    from tqdm.auto import tqdm
+
+    with timer("points"):
+        for spec, layers, r in tqdm(grid, desc="dama sweep", leave=False):
+            k = dama.resolve_components(r, prep.V.shape[-1])
+            t0 = time.perf_counter()
+            deltas, per_layer = dama.project_layers(lm, prep, layers, k, cfg.values, cfg, None, replay)
+            t1 = time.perf_counter()
+            patch = dama.make_patch(lm, prep, cfg, layers, k, deltas, per_layer, {}, t1 - t0)
+            patch.apply(model)
+            try:
+                post = evaluate(lm, suite, opts)
+            finally:
+                patch.revert(model)
+            points.append({
+                "layers_spec": spec, "layers": layers, "rank_spec": r, "components": k,
+                "fit_projection_s": round(t1 - t0, 2), "eval_s": round(time.perf_counter() - t1, 2),
+                "per_layer": per_layer,
+                "metrics": {key: compare(pre[key], post[key], seed=opts.seed) for key in pre},
+            })
+    prov = stamp()
+    t = timer.to_dict()
+    results = {
+        "trustedit_version": __version__, "task": "debias-sweep", "suite": "bias", "created": prov["created"],
+        "argv": prov["argv"], "versions": prov["versions"], "model": lm.describe(),
+        "method": {"name": method.name, "citation": method.citation, "summary": method.summary, "config": cfg.to_dict()},
+        "sweep": {"layers": layer_specs, "ranks": ranks, "shared": {
+            "prompts": len(prep.prompts), "contexts": prep.contexts, "value_loss_first": prep.value_record["loss"][0],
+            "value_loss_last": prep.value_record["loss"][-1], "lower_layers_replayed_from": replay.layer if replay else None}},
+        "dataset": {"tests": _describe_suite(suite), "fingerprints": suite_fingerprints(suite)},
+        "evaluation": {**{k: getattr(opts, k) for k in EVAL_OPTIONS}, "base_eval_cache": cache_info},
+        "seeds": {"seed": opts.seed, "bootstrap_seed": opts.seed, "bootstrap_resamples": 1000},
+        "base": {k: {"value": s.value, "protocol": s.protocol, "n": s.n} for k, s in pre.items()},
+        "points": points,
+        "timings_s": t["seconds"],
+        "peak_memory_mb": {k: v for k, v in t.items() if k.startswith("peak")},
+    }
+    from trustedit.report import plot_sweep, sweep_summary
+
+    with rundir.atomic_dir(opts.out, opts.overwrite) as tmp:
+        rundir.write_json(tmp / "results.json", results)
+        plot_sweep(results, tmp / "sweep.svg")
+        (tmp / "summary.md").write_text(sweep_summary(results), encoding="utf-8")
+    return results

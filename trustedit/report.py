@@ -155,3 +155,89 @@ def bias_summary(r: dict) -> str:
     lines.append("Files: `results.json` (everything above, with resolved config and versions), `samples.jsonl` "
                  "(per-prompt p(he) - p(she) and per-sentence WinoBias outcomes)" + (", `patch/`." if meth else "."))
     return "\n".join(lines) + "\n"
+
+
+# ---- DAMA sweep ------------------------------------------------------------------------------
+
+SWEEP_COLUMNS = [("dama_gender/a_s", "a_s"), ("dama_gender/a_f", "a_f"), ("winobias_dama/acc", "WB acc"),
+                 ("winobias_dama/delta_s", "WB ΔS"), ("stereoset/gender/ss", "SS gender"),
+                 ("stereoset/gender/lms", "LMS gender"), ("crows_pairs/gender", "CrowS gender"), ("wikitext/ppl", "ppl")]
+
+
+def _sweep_value(point_or_base, key, base: bool = False):
+    if base:
+        v = point_or_base.get(key)
+        return None if v is None else v["value"]
+    m = point_or_base["metrics"].get(key)
+    return None if m is None else m["post"]["value"]
+
+
+def _sweep_fmt(key, v):
+    if v is None:
+        return "–"
+    if key.startswith("dama_gender/"):
+        return f"{v:.3f}"
+    if key == "wikitext/ppl":
+        return f"{v:.2f}"
+    return f"{v:.1f}"  # WinoBias, StereoSet and CrowS-Pairs scores are in percent already
+
+
+def sweep_summary(r: dict) -> str:
+    """Markdown: one row per (layers, rank) point, the base model first."""
+    m = r["model"]
+    cols = [(k, h) for k, h in SWEEP_COLUMNS if k in r["base"]]
+    lines = [
+        "# trustedit debias --sweep: dama", "",
+        f"- model: `{m['spec']}` ({m['model_type']}), fingerprint `{m['fingerprint'][:40]}…`",
+        f"- grid: layers {', '.join(r['sweep']['layers'])} × ranks {', '.join(str(x) for x in r['sweep']['ranks'])}; "
+        f"value vectors computed once ({r['sweep']['shared']['prompts']} prompts × {len(r['sweep']['shared']['contexts'])} contexts)",
+        f"- time: {r['timings_s'].get('total', 0):.0f} s", "",
+        "Ideal: a_s → 0 with a_f kept, WinoBias ΔS → 0 at unchanged accuracy, SS → 50 at unchanged LMS, CrowS → 50, "
+        "perplexity unchanged. WinoBias, StereoSet and CrowS-Pairs in percent; the plot is `sweep.svg`.", "",
+        "| layers | d_c | " + " | ".join(h for _, h in cols) + " | projection s |",
+        "|---|---|" + "---|" * len(cols) + "---|",
+        "| base | – | " + " | ".join(_sweep_fmt(k, _sweep_value(r["base"], k, base=True)) for k, _ in cols) + " | – |",
+    ]
+    for p in r["points"]:
+        lines.append(f"| {p['layers_spec']} ({p['layers'][0]}–{p['layers'][-1]}) | {p['components']} | "
+                     + " | ".join(_sweep_fmt(k, _sweep_value(p, k)) for k, _ in cols) + f" | {p['fit_projection_s']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_sweep(r: dict, path) -> None:
+    """sweep.svg: |a_s| and a_f against WikiText-2 perplexity, one marker per point."""
+    import matplotlib
+
+    from trustedit.errors import UsageError
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    base = r["base"]
+    if "wikitext/ppl" not in base or "dama_gender/a_s" not in base:
+        raise UsageError("the sweep plot needs the dama_gender test and wikitext retention")
+    matplotlib.rcParams["svg.hashsalt"] = "trustedit"
+    specs = list(dict.fromkeys(p["layers_spec"] for p in r["points"]))
+    colours = {s: plt.get_cmap("tab10")(i % 10) for i, s in enumerate(specs)}
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    for ax, key, label in ((axes[0], "dama_gender/a_s", "|a_s| (stereotype slope; ideal 0)"),
+                           (axes[1], "dama_gender/a_f", "a_f (factual slope; keep)")):
+        b = base[key]["value"]
+        ax.scatter([base["wikitext/ppl"]["value"]], [abs(b) if key.endswith("a_s") else b], marker="*", s=160,
+                   color="black", label="base", zorder=3)
+        for s in specs:
+            pts = [p for p in r["points"] if p["layers_spec"] == s]
+            xs = [_sweep_value(p, "wikitext/ppl") for p in pts]
+            ys = [_sweep_value(p, key) for p in pts]
+            ys = [abs(y) for y in ys] if key.endswith("a_s") else ys
+            ax.plot(xs, ys, "o-", color=colours[s], label=f"layers {s} ({pts[0]['layers'][0]}–{pts[0]['layers'][-1]})")
+            for p, x, y in zip(pts, xs, ys):
+                ax.annotate(f"d_c={p['components']}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.set_xlabel("WikiText-2 perplexity")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"DAMA sweep on {r['model']['spec']}: bias against perplexity", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(str(path), format="svg", metadata={"Date": None})
+    plt.close(fig)
