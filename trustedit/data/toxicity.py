@@ -178,7 +178,9 @@ def load_rtp(path: PathLike = None) -> ToxicityData:
     out = []
     for i, rec in enumerate(read_jsonl(p)):
         prompt = field(p, i, rec, "prompt", dict)
-        text = field(p, i, prompt, "text", str)
+        text = prompt.get("text")
+        if not isinstance(text, str):
+            raise DataError(p, i, "prompt.text", "missing" if text is None else f"expected str, got {type(text).__name__}")
         if not text.strip():
             raise DataError(p, i, "prompt.text", "empty")
         challenging = rec.get("challenging", False)
