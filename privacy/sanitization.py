@@ -26,8 +26,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from trustedit.methods.base import (Method, MethodConfig, layer_index, opt, retain_pairs, sample_items, set_seed,
-                                    train_pairs, training_record)
+from trustedit.methods.base import Method, MethodConfig, opt, retain_pairs, sample_items, set_seed, training_record
 
 
 @dataclass
@@ -47,65 +46,25 @@ class SanitizationConfig(MethodConfig):
     batch_size: int = opt(8, "Training batch size (sequences).")
 
 
-ROLES = ("q", "k", "v", "o", "gate", "up", "down")  # ArchSpec fields naming one projection each
-
-
 def target_modules(model, cfg: SanitizationConfig) -> list[str]:
     """Full module names to adapt, from the architecture table."""
-    from trustedit import arch
-    from trustedit.errors import UsageError
+    from trustedit.methods.lora import target_modules as modules_for
 
-    spec = arch.arch_for(model)
-    n = arch.num_layers(model)
-    first = layer_index(cfg.first_layer, n)
-    names = []
-    for role in cfg.targets:
-        if role not in ROLES:
-            raise UsageError(f"unknown LoRA target role {role!r} (known: {', '.join(ROLES)})")
-        rel = getattr(spec, role)
-        if rel is None:
-            raise UsageError(f"architecture {model.config.model_type} has no separate {role} projection")
-        names += [arch.layer_path(model, i, rel) for i in range(first, n)]
-    return names
+    return modules_for(model, cfg.targets, cfg.first_layer)
 
 
 def fit(lm, forget, retain, cfg: SanitizationConfig):
-    import torch
-    from peft import LoraConfig, get_peft_model
-
-    from trustedit.patch import Delta, Patch
+    from trustedit.methods.lora import train_lora
+    from trustedit.patch import Patch
 
     set_seed(cfg.seed)
-    model = lm.model
-    modules = target_modules(model, cfg)
-    spec_conv1d = getattr(model.config, "model_type", "") == "gpt2"
-    lora = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=modules,
-                      bias="none", fan_in_fan_out=spec_conv1d)
+    modules = target_modules(lm.model, cfg)
     pairs = list(forget) + retain_pairs(lm, sample_items(retain, cfg.retain_limit, cfg.seed), cfg.retain_target)
     t0 = time.time()
-    flags = {n: p.requires_grad for n, p in model.named_parameters()}
-    peft_model = get_peft_model(model, lora)
-    try:
-        params = [p for p in peft_model.parameters() if p.requires_grad]
-        losses = train_pairs(peft_model, pairs, params, lr=cfg.lr, epochs=cfg.epochs, max_steps=cfg.max_steps or None,
-                             batch_size=cfg.batch_size, warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
-                             seed=cfg.seed, pad_id=lm.tokenizer.pad_token_id, desc="sanitation-lora")
-        deltas = {}
-        mods = dict(peft_model.base_model.model.named_modules())
-        for name in modules:
-            m = mods[name]
-            A = m.lora_A["default"].weight.detach().to("cpu", torch.float32).clone()  # r x in
-            B = m.lora_B["default"].weight.detach().to("cpu", torch.float32).clone()  # out x r
-            scale = float(m.scaling["default"])
-            if spec_conv1d:  # weight stored as in x out: delta^T = A^T B^T
-                A, B = B.t().contiguous(), A.t().contiguous()
-            deltas[name + ".weight"] = Delta("lowrank", {"B": B, "A": A}, scale)
-    finally:
-        restored = peft_model.unload()  # removes the LoRA layers; base weights untouched
-        assert restored is model
-    for n, p in model.named_parameters():
-        p.requires_grad_(flags[n])
-    model.eval()
+    deltas, losses = train_lora(lm, pairs, modules, rank=cfg.rank, alpha=cfg.alpha, dropout=cfg.dropout, lr=cfg.lr,
+                                epochs=cfg.epochs, max_steps=cfg.max_steps or None, batch_size=cfg.batch_size,
+                                warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay, seed=cfg.seed,
+                                desc="sanitation-lora")
     patch = Patch("sanitation-lora", deltas)
     patch.manifest["training"] = training_record(losses, pairs, t0, modules=len(modules))
     return patch

@@ -109,7 +109,7 @@ def test_sanitization_fit_leaves_model_untouched_and_reverts_bit_exact(tiny_llam
 def _lora_equivalence(lm, qa, targets, monkeypatch):
     """Replace training by setting random LoRA weights; the merged patch must reproduce the
     adapter's own forward pass (catches transposed / wrongly scaled Conv1D deltas)."""
-    import trustedit.privacy.sanitization as san
+    import trustedit.methods.lora as san  # where the adapter is trained
 
     ids = torch.tensor([lm.tokenizer("What is the capital of France ?")["input_ids"]])
     seen = {}

@@ -15,12 +15,15 @@ METHODS: dict[str, str] = {
     "ft-m": "trustedit.methods.ft_m:METHOD",
     "dama": "trustedit.bias.dama:METHOD",
     "inlp": "trustedit.bias.inlp:METHOD",
+    "ext-sub": "trustedit.safety.ext_sub:METHOD",
+    "negation": "trustedit.safety.ext_sub:NEGATION",
 }
 
 # Which methods each task verb offers, and its default.
 TASK_METHODS: dict[str, tuple[str, ...]] = {
     "erase": ("sanitation-lora", "ft-m"),
     "debias": ("dama", "inlp"),  # fit(lm, prompts, cfg, stages=None) -> Patch
+    "detox": ("ext-sub", "negation"),  # fit(lm, data=None, cfg, stages=None) -> Patch
 }
 
 # Dataset specs: small declarative descriptions, loaders named lazily.

@@ -1,0 +1,269 @@
+"""Ext-Sub: expert and anti-expert LoRA, combined by subtracting only the deficiency.
+
+Hu, Chen, Xie, Wu, Ye & Gao, "Separate the Wheat from the Chaff: Model Deficiency Unlearning via
+Parameter-Efficient Modules Operation" (AAAI 2024).
+
+1. Train an *expert* LoRA on non-toxic text and an *anti-expert* LoRA on toxic text: same rank,
+   same targets (the paper: r = 16, alpha = 32 on q/v), same schedule.
+2. Merge each into a full update ``ΔW⁺ = (α/r) B⁺A⁺`` and ``ΔW⁻`` and, row by row (row i of the
+   update as an ``out x in`` matrix: the weights into output unit i), take the unit bisector
+   ``c = (ŵ⁺ + ŵ⁻) / ||ŵ⁺ + ŵ⁻||`` of the normalised rows. The anti-expert's component along it,
+   ``(w⁻·c) c``, is what both experts share (general ability, fluency); the rest is the
+   *deficiency*.
+3. ``ΔW = ΔW⁺ − λ (ΔW⁻ − (w⁻·c) c)`` (λ = 1 by default), added to the base weights.
+
+Baselines from the same two adapters: plain negation ``ΔW⁺ − λ ΔW⁻`` (task arithmetic, Ilharco et
+al. 2023) and the expert alone ``ΔW⁺``.
+
+Edge cases (every norm has ``eps`` added, so nothing divides by zero):
+
+* parallel rows (same direction): ``c = ŵ⁻``, the whole anti-expert row is shared, nothing is
+  subtracted;
+* anti-parallel rows: ``ŵ⁺ + ŵ⁻ = 0``, ``c = 0``, the whole anti-expert row is deficiency
+  (= negation);
+* a zero anti-expert row subtracts nothing; a zero expert row makes ``c = ŵ⁻`` (the bisector of one
+  direction), so nothing is subtracted either.
+
+The combined update is generally of full rank (each row is projected on its own ``c``), so it is
+stored as a dense delta (exact) or, with ``factor_rank = k``, factored back to rank k by SVD (the
+relative Frobenius error of each factorisation is recorded). It is never stored as a "LoRA".
+
+Training data (the paper's instruction data is not available offline): continuation pairs built
+from the project's toxic and non-toxic text, ``$TRUSTEDIT_DATA_DIR/jigsaw_toxic_nontoxic`` and
+``paradetox`` (toxic side vs. its neutral rewrites). Each sentence is cut at a word boundary; the
+first part is the prompt and the loss is on the rest, in the same plain (no chat template)
+format as the RealToxicityPrompts continuations the method is evaluated on.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from trustedit.methods.base import Method, MethodConfig, opt, sample_items, set_seed
+
+COMBINATIONS = ("ext-sub", "negation", "expert")
+
+
+@dataclass
+class ExtSubConfig(MethodConfig):
+    rank: int = opt(16, "LoRA rank r of both adapters (the paper: 16).")
+    alpha: float = opt(32.0, "LoRA alpha; each update is scaled by alpha / r (the paper: 32).")
+    dropout: float = opt(0.05, "LoRA dropout during training.")
+    targets: list = opt(["q", "v"], "Projection roles adapted (the paper: q, v).")
+    lr: float = opt(5e-4, "AdamW learning rate of both adapters.")
+    epochs: int = opt(1, "Passes over each side's training pairs.")
+    max_steps: int = opt(0, "Stop each adapter after this many optimiser steps (0: use epochs).")
+    warmup_steps: int = opt(10, "Linear warm-up steps, then linear decay.")
+    batch_size: int = opt(16, "Training batch size (sequences).")
+    train_limit: int = opt(2000, "Training sentences per side, a seeded sample (0: all; 5,000 Jigsaw + ~19k ParaDetox each).")
+    prompt_fraction: float = opt(0.5, "Share of each training sentence's words used as the prompt; the loss is on the rest.")
+    min_words: int = opt(6, "Skip training sentences shorter than this many words.")
+    combine: str = opt("ext-sub", "How the adapters combine: 'ext-sub' (subtract the deficiency), 'negation' (ΔW⁺ − λΔW⁻), 'expert' (ΔW⁺).")
+    lam: float = opt(1.0, "λ, the weight of the subtracted anti-expert part.")
+    eps: float = opt(1e-8, "Added to every row norm.")
+    factor_rank: int = opt(0, "0: store the combined update as dense deltas (exact); k > 0: factor each to rank k by SVD.")
+
+
+@dataclass
+class NegationConfig(ExtSubConfig):
+    combine: str = opt("negation", "How the adapters combine: 'ext-sub', 'negation' (ΔW⁺ − λΔW⁻, the default here) or 'expert'.")
+
+
+# ---- the formula ----------------------------------------------------------------------------------
+
+
+def shared_component(pos, neg, eps: float = 1e-8):
+    """Row-wise ``(w⁻·c) c`` with ``c`` the unit bisector of the normalised rows of ``pos`` and ``neg``."""
+    up = pos / (pos.norm(dim=-1, keepdim=True) + eps)
+    un = neg / (neg.norm(dim=-1, keepdim=True) + eps)
+    s = up + un
+    c = s / (s.norm(dim=-1, keepdim=True) + eps)
+    return (neg * c).sum(-1, keepdim=True) * c
+
+
+def ext_sub(pos, neg, lam: float = 1.0, eps: float = 1e-8):
+    """``ΔW⁺ − λ (ΔW⁻ − (w⁻·c) c)`` row by row (rows along the last dimension)."""
+    return pos - lam * (neg - shared_component(pos, neg, eps))
+
+
+def negation(pos, neg, lam: float = 1.0):
+    """Plain negation (task arithmetic): ``ΔW⁺ − λ ΔW⁻``."""
+    return pos - lam * neg
+
+
+def combine_update(pos, neg, how: str, lam: float = 1.0, eps: float = 1e-8):
+    """One module's combined update from the expert's and anti-expert's full updates (out x in)."""
+    from trustedit.errors import UsageError
+
+    if how == "ext-sub":
+        return ext_sub(pos, neg, lam, eps)
+    if how == "negation":
+        return negation(pos, neg, lam)
+    if how == "expert":
+        return pos.clone()
+    raise UsageError(f"combine must be one of {', '.join(COMBINATIONS)}, not {how!r}")
+
+
+def factor(D, rank: int):
+    """``(B, A, relative Frobenius error)`` with ``B @ A`` the best rank-``rank`` approximation of D."""
+    import torch
+
+    U, S, Vh = torch.linalg.svd(D.float(), full_matrices=False)
+    k = min(int(rank), S.numel())
+    B, A = U[:, :k] * S[:k], Vh[:k]
+    err = float((D - B @ A).norm() / D.norm().clamp_min(1e-30))
+    return B.contiguous(), A.contiguous(), err
+
+
+def combine_deltas(pos: dict, neg: dict, how: str, lam: float = 1.0, eps: float = 1e-8, factor_rank: int = 0,
+                   conv1d: bool = False):
+    """Per parameter, the combined :class:`~trustedit.patch.Delta` (dense, or low-rank when
+    ``factor_rank`` > 0) and a record of each module's norms (and factorisation error).
+    ``pos`` / ``neg``: low-rank deltas of the two adapters on the same parameters. GPT-2's
+    Conv1D stores ``Wᵀ``: rows are taken on the ``out x in`` orientation all the same."""
+    import torch
+
+    from trustedit.errors import UsageError
+    from trustedit.patch import Delta
+
+    if sorted(pos) != sorted(neg):
+        raise UsageError("expert and anti-expert adapters must cover the same parameters")
+    out, record = {}, {}
+    for name in pos:
+        P = (pos[name].tensors["B"].float() @ pos[name].tensors["A"].float()) * pos[name].scale
+        N = (neg[name].tensors["B"].float() @ neg[name].tensors["A"].float()) * neg[name].scale
+        if conv1d:
+            P, N = P.t(), N.t()
+        D = combine_update(P, N, how, lam, eps)
+        if not torch.isfinite(D).all():
+            from trustedit.errors import NumericalError
+
+            raise NumericalError(f"{name}: the combined update has non-finite entries")
+        rec = {"expert_norm": float(P.norm()), "anti_expert_norm": float(N.norm()), "update_norm": float(D.norm()),
+               "shared_norm": float(shared_component(P, N, eps).norm())}
+        if conv1d:
+            D = D.t()
+        if factor_rank and factor_rank > 0:
+            B, A, err = factor(D, factor_rank)
+            rec["factor_error"] = err
+            out[name] = Delta("lowrank", {"B": B.cpu(), "A": A.cpu()})
+        else:
+            out[name] = Delta("dense", {"delta": D.contiguous().cpu()})
+        record[name] = rec
+    return out, record
+
+
+# ---- training data ----------------------------------------------------------------------------------
+
+
+def training_texts(limit: int, seed: int) -> tuple[list[str], list[str], dict]:
+    """``(non_toxic, toxic, provenance)``: Jigsaw non-toxic + ParaDetox neutral rewrites, and
+    Jigsaw toxic + ParaDetox toxic sentences, each a seeded sample of ``limit`` (0: all)."""
+    from trustedit.data.toxicity import load_jigsaw, load_paradetox
+
+    jig, para = load_jigsaw(), load_paradetox()
+    good = [x.text for x in jig if x.label == 0] + [p.neutral for p in para]
+    bad = [x.text for x in jig if x.label == 1] + list(dict.fromkeys(p.toxic for p in para))
+    prov = {"jigsaw": jig.fingerprint, "paradetox": para.fingerprint, "non_toxic_available": len(good),
+            "toxic_available": len(bad)}
+    return sample_items(good, limit, seed), sample_items(bad, limit, seed + 1), prov
+
+
+def continuation_format():
+    """Plain text, no chat template, no EOS at the end of the target (a continuation goes on)."""
+    from trustedit.prompts import PromptFormat
+
+    return PromptFormat(chat=False, plain_template="{question}", end_target_with_eos=False)
+
+
+def continuation_pairs(tokenizer, texts, fraction: float = 0.5, min_words: int = 6):
+    """Each text cut at a word boundary into prompt (the first ``fraction`` of its words, at least
+    two) and target (the rest, at least one word); texts shorter than ``min_words`` are skipped."""
+    from trustedit.prompts import make_pairs
+
+    qs, ans = [], []
+    for t in texts:
+        words = t.split()
+        if len(words) < max(min_words, 3):
+            continue
+        cut = min(max(2, round(len(words) * fraction)), len(words) - 1)
+        qs.append(" ".join(words[:cut]))
+        ans.append(" ".join(words[cut:]))
+    return make_pairs(tokenizer, continuation_format(), qs, ans)
+
+
+# ---- the method -----------------------------------------------------------------------------------
+
+
+def train_adapters(lm, cfg: ExtSubConfig, good=None, bad=None, stages=None):
+    """Train the expert (on ``good``) and the anti-expert (on ``bad``; None: the project's data).
+    Returns ``(pos, neg, record)`` with the two adapters' low-rank deltas."""
+    from contextlib import nullcontext
+
+    from trustedit.methods.base import training_record
+    from trustedit.methods.lora import target_modules, train_lora
+
+    prov = {}
+    if good is None or bad is None:
+        g, b, prov = training_texts(cfg.train_limit, cfg.seed)
+        good = g if good is None else good
+        bad = b if bad is None else bad
+    modules = target_modules(lm.model, cfg.targets)
+    timer = stages or (lambda name: nullcontext())
+    out, record = {}, {"data": prov, "modules": len(modules)}
+    for side, texts in (("expert", good), ("anti_expert", bad)):
+        pairs = continuation_pairs(lm.tokenizer, texts, cfg.prompt_fraction, cfg.min_words)
+        t0 = time.time()
+        with timer(f"train_{side}"):
+            deltas, losses = train_lora(lm, pairs, modules, rank=cfg.rank, alpha=cfg.alpha, dropout=cfg.dropout,
+                                        lr=cfg.lr, epochs=cfg.epochs, max_steps=cfg.max_steps or None,
+                                        batch_size=cfg.batch_size, warmup_steps=cfg.warmup_steps, seed=cfg.seed,
+                                        desc=f"ext-sub: {side}")
+        out[side] = deltas
+        record[side] = training_record(losses, pairs, t0)
+    return out["expert"], out["anti_expert"], record
+
+
+def patch_from(lm, pos, neg, cfg: ExtSubConfig, record: dict, how: str | None = None):
+    """The Patch for one combination of the two trained adapters."""
+    from trustedit.patch import Patch
+
+    how = how or cfg.combine
+    conv1d = getattr(lm.model.config, "model_type", "") == "gpt2"
+    deltas, per_module = combine_deltas(pos, neg, how, cfg.lam, cfg.eps, cfg.factor_rank, conv1d)
+    name = {"ext-sub": "ext-sub", "negation": "negation", "expert": "expert"}[how]
+    patch = Patch(name, deltas)
+    patch.manifest["training"] = {**record, "combine": how, "lambda": cfg.lam, "eps": cfg.eps,
+                                  "factor_rank": cfg.factor_rank, "per_module": per_module}
+    return patch
+
+
+def fit(lm, data=None, cfg: ExtSubConfig | None = None, stages=None):
+    """Train both adapters and combine them as ``cfg.combine`` says. ``data``: None (the project's
+    toxic / non-toxic text) or ``(non_toxic_texts, toxic_texts)``."""
+    cfg = cfg or ExtSubConfig()
+    set_seed(cfg.seed)
+    good, bad = (None, None) if data is None else data
+    pos, neg, record = train_adapters(lm, cfg, good, bad, stages)
+    return patch_from(lm, pos, neg, cfg, record)
+
+
+CITATION = ("Hu et al. 2024, Separate the Wheat from the Chaff: Model Deficiency Unlearning via Parameter-Efficient "
+            "Modules Operation (AAAI 2024)")
+
+METHOD = Method(
+    name="ext-sub",
+    config=ExtSubConfig,
+    fit=fit,  # fit(lm, data=None, cfg, stages=None) -> Patch
+    citation=CITATION,
+    summary="expert (non-toxic) minus the deficiency of an anti-expert (toxic) LoRA, row by row",
+)
+
+NEGATION = Method(
+    name="negation",
+    config=NegationConfig,
+    fit=fit,
+    citation="Ilharco et al. 2023, Editing Models with Task Arithmetic (ICLR 2023); baseline in " + CITATION,
+    summary="expert (non-toxic) minus the whole anti-expert (toxic) LoRA update",
+)
