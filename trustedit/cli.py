@@ -49,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_bias_parsers(sub)
 
     _add_scorers_parser(sub)
+    _add_detox_parser(sub)
 
     ls = sub.add_parser("ls", help="list methods or datasets")
     ls.add_argument("what", choices=["methods", "datasets"])
@@ -106,8 +107,77 @@ def _add_bias_parsers(sub) -> None:
     common(db, d.out)
 
     ev = sub.add_parser("eval", help="evaluate a model on a suite without editing it")
-    ev.add_argument("--suite", required=True, choices=["bias"], help="the suite to run")
+    ev.add_argument("--suite", required=True, choices=["bias", "toxicity"], help="the suite to run")
     common(ev, "runs/eval")
+    _toxicity_args(ev)
+
+
+def _toxicity_args(p) -> None:
+    """RealToxicityPrompts options (``detox`` and ``eval --suite toxicity``)."""
+    from trustedit.detox import DetoxOptions  # torch-free
+
+    d = DetoxOptions()
+    p.add_argument("--scorer", default=d.scorer, help="toxicity scorer: minilm-lr (default), detoxify, profanity "
+                   "(see `trustedit scorers ls`)")
+    p.add_argument("--scorer-checkpoint", default=None, help="detoxify: local checkpoint file")
+    p.add_argument("--k", type=int, default=d.k, help="RTP: samples per prompt (default 25)")
+    p.add_argument("--limit", type=int, default=d.limit, help="RTP: prompts in the toxic-first set (challenging first)")
+    p.add_argument("--random-limit", type=int, default=d.random_limit, help="RTP: prompts in the seeded random set (0: skip)")
+    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="RTP: tokens per continuation")
+    p.add_argument("--top-p", type=float, default=d.top_p, help="RTP: nucleus p")
+    p.add_argument("--temperature", type=float, default=d.temperature, help="RTP: sampling temperature")
+    p.add_argument("--no-extsub-protocol", action="store_true", help="skip Ext-Sub's greedy instruction protocol")
+    p.add_argument("--prompts-per-batch", type=int, default=d.prompts_per_batch, help="RTP prompts per sampling batch")
+
+
+def _add_detox_parser(sub) -> None:
+    from trustedit.detox import DetoxOptions  # torch-free
+
+    d = DetoxOptions()
+    p = sub.add_parser("detox", help="cut toxic output (Ext-Sub, negation), measured on RealToxicityPrompts",
+                       description="Trains an expert (non-toxic) and an anti-expert (toxic) LoRA, combines them, and "
+                                   "compares base and edited models on RealToxicityPrompts, Ext-Sub's protocol and "
+                                   "general-task retention. Writes results.json, samples.jsonl, summary.md, patch/.")
+    p.add_argument("--method", default=d.method, help="ext-sub (default) or negation")
+    p.add_argument("--lambda", dest="lam", type=float, default=None, help="weight of the subtracted anti-expert part (default 1)")
+    p.add_argument("--no-baselines", action="store_true", help="skip the side-by-side expert-alone / other-combination runs")
+    p.add_argument("--config", default=None, help="JSON file of method options")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="one method option")
+    p.add_argument("--model", default=None, help="embedded name, .gguf file, HF folder or Hub id (default: smollm2-135m)")
+    p.add_argument("--out", default=d.out, help=f"run directory (default: {d.out})")
+    p.add_argument("--seed", type=int, default=0, help="seed for training, sampling and the random prompt set")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--dtype", default="auto", help="auto (fp32 on CPU), float32, bfloat16, float16")
+    p.add_argument("--retention", default=",".join(d.retention), help="general-task retention suite, or 'none'")
+    p.add_argument("--retention-limit", type=int, default=d.retention_limit, help="items per multiple-choice retention task")
+    p.add_argument("--wikitext-docs", type=int, default=d.wikitext_docs, help="WikiText-2 test documents for perplexity")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="evaluation batch size")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    _toxicity_args(p)
+
+
+def _detox_options(args):
+    from trustedit.detox import DetoxOptions
+
+    retention = [] if args.retention.strip().lower() in ("", "none") else [x.strip() for x in args.retention.split(",") if x.strip()]
+    return DetoxOptions(method=getattr(args, "method", "ext-sub"), model=args.model, seed=args.seed, out=args.out,
+                        config=getattr(args, "config", None), sets=getattr(args, "sets", []), lam=getattr(args, "lam", None),
+                        device=args.device, dtype=args.dtype, scorer=args.scorer, scorer_checkpoint=args.scorer_checkpoint,
+                        k=args.k, max_new_tokens=args.max_new_tokens, top_p=args.top_p, temperature=args.temperature,
+                        limit=args.limit, random_limit=args.random_limit, extsub_protocol=not args.no_extsub_protocol,
+                        baselines=not getattr(args, "no_baselines", False), retention=retention,
+                        retention_limit=args.retention_limit, wikitext_docs=args.wikitext_docs,
+                        batch_size=args.batch_size, prompts_per_batch=args.prompts_per_batch, overwrite=args.overwrite)
+
+
+def _cmd_detox(args) -> int:
+    from trustedit.detox import run
+    from trustedit.report import detox_summary
+
+    results = run(_detox_options(args), edit=args.command == "detox")
+    print(detox_summary(results))
+    print(f"wrote {args.out}/ in {results['timings_s']['total']:.0f} s")
+    return 0
 
 
 def _add_scorers_parser(sub) -> None:
@@ -314,7 +384,9 @@ def main(argv=None) -> int:
     from trustedit.errors import TrusteditError
 
     try:
-        return {"erase": _cmd_erase, "debias": _cmd_bias, "eval": _cmd_bias, "ls": _cmd_ls, "patch": _cmd_patch,
+        if args.command == "eval" and args.suite == "toxicity":
+            return _cmd_detox(args)
+        return {"erase": _cmd_erase, "debias": _cmd_bias, "eval": _cmd_bias, "detox": _cmd_detox, "ls": _cmd_ls, "patch": _cmd_patch,
                 "compare": _cmd_compare, "scorers": _cmd_scorers}[args.command](args)
     except TrusteditError as e:
         print(f"trustedit: error: {e}", file=sys.stderr)

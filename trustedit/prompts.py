@@ -330,3 +330,48 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int = 2
                 ids_out[i] = new
                 texts[i] = cut_at_stop(tokenizer.decode(new, skip_special_tokens=True), stop_strings).strip()
     return texts, ids_out
+
+
+def sample_continuations(model, tokenizer, prompts: list[list[int]], k: int, max_new_tokens: int = 20,
+                         top_p: float = 0.9, temperature: float = 1.0, seed: int = 0, prompts_per_batch: int = 8,
+                         desc: str = "sample"):
+    """``k`` nucleus-sampled continuations of each prompt (RealToxicityPrompts protocol): decoded
+    texts and token ids, ``[prompt][sample]``. EOS ends a sample early; special tokens are dropped.
+
+    Prompts are left-padded in batches of ``prompts_per_batch`` (each repeated ``k`` times); the
+    random stream is re-seeded per batch from ``seed`` and the batch's first prompt index, so a
+    prompt's samples depend only on the seed, the batching and the model."""
+    import torch
+    from tqdm.auto import tqdm
+
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    texts, ids_out = [None] * len(prompts), [None] * len(prompts)
+    starts = list(range(0, len(prompts), prompts_per_batch))
+    with torch.inference_mode():
+        for s in tqdm(starts, desc=desc, leave=False):
+            chunk = prompts[s: s + prompts_per_batch]
+            width = max(len(p) for p in chunk)
+            input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for j, p in enumerate(chunk):
+                input_ids[j, width - len(p):] = torch.tensor(p)
+                mask[j, width - len(p):] = 1
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                torch.manual_seed(seed * 1_000_003 + s)
+                gen = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device), do_sample=True,
+                                     top_p=top_p, top_k=0, temperature=temperature, num_return_sequences=k,
+                                     max_new_tokens=max_new_tokens, pad_token_id=pad,
+                                     eos_token_id=tokenizer.eos_token_id, use_cache=True)
+            for j in range(len(chunk)):
+                rows_t, rows_i = [], []
+                for r in range(k):
+                    new = gen[j * k + r, width:].tolist()
+                    if tokenizer.eos_token_id in new:
+                        new = new[: new.index(tokenizer.eos_token_id)]
+                    while new and new[-1] == pad:
+                        new.pop()
+                    rows_i.append(new)
+                    rows_t.append(tokenizer.decode(new, skip_special_tokens=True))
+                texts[s + j], ids_out[s + j] = rows_t, rows_i
+    return texts, ids_out

@@ -241,3 +241,54 @@ def plot_sweep(r: dict, path) -> None:
     fig.tight_layout()
     fig.savefig(str(path), format="svg", metadata={"Date": None})
     plt.close(fig)
+
+
+# ---- detox ---------------------------------------------------------------------------------------
+
+DETOX_HEADLINE = [f"{s}/{m}" for s in ("rtp_toxic", "rtp_random") for m in
+                  ("expected_max_toxicity", "toxicity_probability", "continuation_ppl", "dist-1", "dist-2", "dist-3")]
+DETOX_HEADLINE += ["extsub/extsub_mean_toxicity", "extsub/extsub_toxicity_ratio", "wikitext/ppl"]
+
+
+def detox_summary(r: dict) -> str:
+    m, meth, sc = r["model"], r.get("method"), r["scorer"]
+    title = f"# trustedit detox: {meth['name']}" if meth else "# trustedit eval --suite toxicity"
+    sets = "; ".join(f"{k}: {v['prompts']} prompts ({v['challenging']} challenging)" for k, v in r["dataset"]["sets"].items())
+    ev = r["evaluation"]
+    lines = [
+        title, "",
+        f"- model: `{m['spec']}` ({m['model_type']}, {m['num_parameters'] / 1e6:.0f}M parameters, {m['dtype']} on {m['device']}), "
+        f"fingerprint `{m['fingerprint'][:40]}…`",
+    ]
+    if meth:
+        lines.append(f"- method: {meth['summary']} — {meth['citation']}")
+    t = r.get("timings_s", {})
+    lines += [
+        f"- scorer: `{sc['name']}` ({sc['kind']}), version `{sc['version']}`",
+        f"- RealToxicityPrompts: {sets}; k = {ev['k']} samples of ≤ {ev['max_new_tokens']} tokens, top-p {ev['top_p']}, "
+        f"T = {ev['temperature']}, seed {ev['seed']}",
+        f"- time: {t.get('total', 0):.0f} s in all ({', '.join(f'{k} {v:.0f} s' for k, v in t.items() if k != 'total')})",
+        "",
+        "Lower is better for expected maximum toxicity, toxicity probability and the Ext-Sub protocol; continuation "
+        "perplexity is measured under the base model; distinct-n and retention should stay.",
+        "",
+    ]
+    if meth:
+        lines += ["## Metrics (before = base model, after = edited; paired bootstrap 95% intervals over prompts/items)",
+                  "", metric_table(r["metrics"], DETOX_HEADLINE), ""]
+        side = r.get("side_by_side") or {}
+        if side:
+            keys = [k for k in DETOX_HEADLINE if k in r["metrics"]]
+            keys += [k for k in r["metrics"] if k.endswith("/acc") and k not in keys]
+            lines += ["## Side by side (same two adapters; value, and change from the base model)", "",
+                      "| metric | base | " + " | ".join(side) + " |", "|---|---|" + "---|" * len(side)]
+            for k in keys:
+                base = r["metrics"][k]["pre"]["value"]
+                cells = [f"{side[h][k]['value']:.4g} ({side[h][k]['delta']:+.3g})" if k in side[h] else "–" for h in side]
+                lines.append(f"| {k} | {base:.4g} | " + " | ".join(cells) + " |")
+            lines.append("")
+    else:
+        lines += ["## Metrics (bootstrap 95% intervals over prompts/items)", "", _value_table(r["metrics"]), ""]
+    lines.append("Files: `results.json` (everything above, with resolved config, scorer and versions), `samples.jsonl` "
+                 "(every continuation with its score, per model)" + (", `patch/`." if meth else "."))
+    return "\n".join(lines) + "\n"
