@@ -295,7 +295,7 @@ class MiniLMLRScorer:
         inner = list(StratifiedGroupKFold(n_splits=h["cv_folds"], shuffle=True, random_state=h["seed"])
                      .split(x[train_idx], y[train_idx], groups[train_idx]))
         cv_auc = {}
-        bar = tqdm(total=len(h["c_grid"]) * len(inner) + 1, desc="minilm-lr: fitting", unit="fit")
+        bar = tqdm(total=len(h["c_grid"]) * len(inner) + 1, desc="minilm-lr: fitting", unit="fit", leave=False)
         for c in h["c_grid"]:
             aucs = []
             for tr, va in inner:
@@ -543,7 +543,8 @@ class DetoxifyScorer:
         bs = batch_size or self.batch_size
         out: list[float] = []
         starts = range(0, len(texts), bs)
-        for s in tqdm(starts, desc="detoxify", unit="batch", disable=len(starts) < 2):
+        bar = {"disable": True} if len(starts) < 2 else {}  # tqdm honours $TQDM_DISABLE
+        for s in tqdm(starts, desc="detoxify", unit="batch", leave=False, **bar):
             res = self.detoxify.predict(texts[s:s + bs])["toxicity"]
             out += [float(res)] if isinstance(res, float) else [float(v) for v in res]
         return out

@@ -356,39 +356,54 @@ def test_registry_and_scorers_module_import_nothing_heavy():
     assert out.stdout.strip() == "[]" and out.stderr == ""
 
 
-def _cli(*args, env=None):
-    e = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "trustedit", "scorers", *args], capture_output=True, text=True,
-                          cwd=ROOT, env=e, timeout=300)
+def _cli(capsys, monkeypatch, *args, env=None):
+    """``trustedit scorers ARGS`` in this process: (exit code, stdout, stderr)."""
+    from trustedit.cli import main
+
+    for k, v in (env or {}).items():
+        monkeypatch.setenv(k, v)
+    capsys.readouterr()
+    rc = main(["scorers", *args])
+    out, err = capsys.readouterr()
+    return rc, out, err
 
 
-def test_cli_scorers_ls_and_errors(tmp_path):
-    r = _cli("ls", env={"TRUSTEDIT_CACHE": str(tmp_path / "cache"), S.CHECKPOINT_ENV: ""})
-    assert r.returncode == 0, r.stderr
-    lines = r.stdout.splitlines()
+def test_cli_scorers_ls_and_errors(tmp_path, capsys, monkeypatch):
+    rc, out, err = _cli(capsys, monkeypatch, "ls", env={"TRUSTEDIT_CACHE": str(tmp_path / "cache"), S.CHECKPOINT_ENV: ""})
+    assert rc == 0, err
+    lines = out.splitlines()
     assert any(ln.startswith("minilm-lr") and "[toxicity]" in ln for ln in lines)
     assert any(ln.startswith("profanity") and "[profanity]" in ln for ln in lines)
     assert any(ln.startswith("detoxify") and "unavailable" in ln for ln in lines)
-    r = _cli("check", "--scorer", "detoxify", env={S.CHECKPOINT_ENV: ""})
-    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--scorer-checkpoint" in r.stderr
-    r = _cli("train", "--scorer", "detoxify")
-    assert r.returncode == 2 and "only minilm-lr" in r.stderr
-    r = _cli("check", "--scorer", "nope")
-    assert r.returncode == 2 and "unknown scorer" in r.stderr
+    rc, out, err = _cli(capsys, monkeypatch, "check", "--scorer", "detoxify")
+    assert rc == 2 and err.count("\n") == 1 and "--scorer-checkpoint" in err
+    rc, out, err = _cli(capsys, monkeypatch, "train", "--scorer", "detoxify")
+    assert rc == 2 and "only minilm-lr" in err
+    rc, out, err = _cli(capsys, monkeypatch, "check", "--scorer", "nope")
+    assert rc == 2 and "unknown scorer" in err
 
 
-def test_cli_scorers_check_detoxify(tmp_path):
+def test_cli_scorers_check_detoxify(tmp_path, capsys, monkeypatch, no_network):
     pytest.importorskip("detoxify")
     path, _, _ = _detoxify_checkpoint(tmp_path)
-    r = _cli("check", "--scorer", "detoxify", "--scorer-checkpoint", str(path), env={"HF_HUB_OFFLINE": "1"})
-    assert r.returncode == 0, r.stderr
-    out = r.stdout.splitlines()
+    rc, out, err = _cli(capsys, monkeypatch, "check", "--scorer", "detoxify", "--scorer-checkpoint", str(path))
+    assert rc == 0, err
+    out = out.splitlines()
     assert out[0].startswith("detoxify [toxicity] detoxify-") and len(out) == 1 + len(S.CHECK_TEXTS)
     assert all(ln.startswith("  toxicity 0.") for ln in out[1:])
     broken = tmp_path / "broken.ckpt"
     broken.write_bytes(b"not a checkpoint")
-    r = _cli("check", "--scorer", "detoxify", "--scorer-checkpoint", str(broken))
-    assert r.returncode == 2 and r.stderr.startswith("trustedit: error:") and r.stderr.count("\n") == 1
+    rc, out, err = _cli(capsys, monkeypatch, "check", "--scorer", "detoxify", "--scorer-checkpoint", str(broken))
+    assert rc == 2 and err.startswith("trustedit: error:") and err.count("\n") == 1
+
+
+def test_cli_scorers_subprocess_smoke(tmp_path):
+    """The real entry point, once: `ls` in a fresh interpreter."""
+    env = {**os.environ, "TRUSTEDIT_CACHE": str(tmp_path / "cache")}
+    r = subprocess.run([sys.executable, "-m", "trustedit", "scorers", "ls"], capture_output=True, text=True, cwd=ROOT,
+                       env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert [ln.split()[0] for ln in r.stdout.splitlines() if not ln.startswith(" ")] == list(SCORERS)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -91,7 +91,8 @@ class SentenceEncoder:
                 "pooling": "mean over attention mask, L2-normalised", "max_length": self.max_length}
 
     def encode(self, texts: Sequence[str], batch_size: int = 64, progress: bool | None = None):
-        """``torch.FloatTensor`` of shape ``(len(texts), dim)`` on the CPU, each row of unit norm."""
+        """``torch.FloatTensor`` of shape ``(len(texts), dim)`` on the CPU, each row of unit norm.
+        A progress bar for more than one batch, unless ``progress=False`` or ``$TQDM_DISABLE``."""
         import torch
         from tqdm.auto import tqdm
 
@@ -104,9 +105,9 @@ class SentenceEncoder:
         # Length-sorted batches waste less padding; results are returned in input order.
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         starts = range(0, len(texts), batch_size)
-        disable = (len(starts) < 2) if progress is None else not progress
+        bar = {"disable": True} if progress is False or len(starts) < 2 else {}  # tqdm honours $TQDM_DISABLE
         with torch.inference_mode():
-            for s in tqdm(starts, desc="embedding", unit="batch", disable=disable):
+            for s in tqdm(starts, desc="embedding", unit="batch", leave=False, **bar):
                 idx = order[s:s + batch_size]
                 enc = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
                                      max_length=self.max_length, return_tensors="pt").to(self.device)
