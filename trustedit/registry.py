@@ -17,6 +17,7 @@ METHODS: dict[str, str] = {
     "inlp": "trustedit.bias.inlp:METHOD",
     "ext-sub": "trustedit.safety.ext_sub:METHOD",
     "negation": "trustedit.safety.ext_sub:NEGATION",
+    "dinm": "trustedit.safety.dinm:METHOD",
 }
 
 # Which methods each task verb offers, and its default.
