@@ -56,9 +56,9 @@ KL_DIRECTIONS = ("edited||base", "base||edited")
 @dataclass
 class DINMConfig(MethodConfig):
     steps: int = opt(10, "Adam steps per instance (paper / EasyEdit LLaMA-2-7B: num_steps=10).")
-    lr: float = opt(0.05, "Adam learning rate relative to the RMS of the tuned weight (step size = lr * rms(W)). "
-                    "EasyEdit's 5e-4 on LLaMA-2-7B down_proj weights (RMS ~0.02) is ~0.025; SmolLM2-135M's are "
-                    "~0.19, where 0.05 (9.6e-3) was the best measured trade-off (benchmarks/dinm_safeedit.py).")
+    lr: float = opt(0.025, "Adam learning rate relative to the RMS of the tuned weight (step size = lr * rms(W)): "
+                    "EasyEdit's 5e-4 on LLaMA-2-7B down_proj weights (RMS ~0.02) is ~0.025; on SmolLM2-135M "
+                    "(RMS ~0.19) that is ~4.7e-3.")
     abs_lr: float = opt(0.0, "Absolute Adam learning rate; overrides lr when > 0 (EasyEdit LLaMA-2-7B: 5e-4).")
     kl_weight: float = opt(10.0, "Weight of the general-knowledge KL term relative to the safe-response NLL. "
                            "EasyEdit's kl_factor=0.1 scales the NLL instead (0.1*NLL + KL), the same under Adam.")
@@ -314,7 +314,9 @@ def resolve_layer(model, instance_inputs: DINMInputs, cfg: DINMConfig, pad_id: i
 
 
 def fit(lm, instance, cfg: DINMConfig, fmt=None):
-    """Edit one SafeEdit instance: locate, tune, return the Patch (the model is left unchanged)."""
+    """Edit one SafeEdit instance: locate, tune, return the Patch (the model is left unchanged).
+    P_base of the KL term is the model as it stands when ``fit`` is called (in sequential editing:
+    with the earlier edits applied)."""
     import torch
 
     from trustedit import arch
@@ -340,6 +342,8 @@ def fit(lm, instance, cfg: DINMConfig, fmt=None):
             starts = shortcuts(model, inputs, layer, base_logp) if cfg.shortcut else (None, None)
             lr = step_size(weight, cfg)
             history = tune(model, weight, inputs, base_logp, cfg, starts=starts)
+            with torch.no_grad():  # the losses after the last step (history holds those before each step)
+                final = [float(x) for x in dinm_loss(model, inputs, base_logp, cfg.kl_weight, cfg.kl_direction, starts)]
     except BaseException:
         with torch.no_grad():
             dict(model.named_parameters())[name].copy_(before[name])
@@ -349,8 +353,8 @@ def fit(lm, instance, cfg: DINMConfig, fmt=None):
     patch = dense_patch_from(model, before, "dinm")
     patch.manifest["training"] = training_record(
         [h["loss"] for h in history], [inputs.edit], t0, layer=layer, parameters=[name], layer_distances=distances,
-        lr=lr, shortcut=starts[0] is not None, nll_first=history[0]["nll"] if history else None, nll_last=history[-1]["nll"] if history else None,
-        kl_last=history[-1]["kl"] if history else None, instance=getattr(instance, "id", None))
+        lr=lr, shortcut=starts[0] is not None, nll_first=history[0]["nll"] if history else None,
+        loss_final=final[0], nll_final=final[1], kl_final=final[2], instance=getattr(instance, "id", None))
     return patch
 
 
@@ -435,8 +439,8 @@ def edit_row(lm, instance, row: dict, cfg: DINMConfig, max_new_tokens: int, batc
             keep.append(patch)
     tr = patch.manifest.get("training", {})
     row["layer"], row["layer_distances"] = tr.get("layer"), tr.get("layer_distances")
-    row["training"] = {k: tr.get(k) for k in ("steps", "lr", "shortcut", "loss_first", "loss_last", "nll_first",
-                                              "nll_last", "kl_last")}
+    row["training"] = {k: tr.get(k) for k in ("steps", "lr", "shortcut", "loss_first", "nll_first", "loss_final",
+                                              "nll_final", "kl_final")}
     row["seconds"] = {**row.get("seconds", {}), "fit": round(t_fit, 2), "post_eval": round(t_post, 2)}
     row["_patch"] = patch
     return row

@@ -144,7 +144,7 @@ def test_nll_decreases_and_lr_is_relative(tiny_llama):
     lm = tiny_llama
     patch = dinm.fit(lm, _instance(), _cfg(steps=5, lr=0.5))
     tr = patch.manifest["training"]
-    assert tr["nll_last"] < tr["nll_first"] and tr["steps"] == 5 and tr["shortcut"] is True
+    assert tr["nll_final"] < tr["nll_first"] and tr["steps"] == 5 and tr["shortcut"] is True
     w = dict(lm.model.named_parameters())[tr["parameters"][0]]
     assert tr["lr"] == pytest.approx(0.5 * float(w.pow(2).mean().sqrt()), rel=1e-6)
     assert dinm.step_size(w, _cfg(abs_lr=1e-3)) == 1e-3
