@@ -16,6 +16,10 @@ general-knowledge pair (x_c, y_c)):
    bit); :func:`run_safeedit` edits, evaluates and reverts each instance in turn (the paper's
    single-instance protocol), or keeps the edits (``sequential=True``).
 
+Observed on SmolLM2-135M-Instruct: the L2 distance of step 1 grows monotonically with depth (7.6 at
+layer 0 to 182 at layer 29 on SafeEdit id 0), so the located layer was the last one on every
+instance measured; ``layer`` fixes another one.
+
 Every prompt is the model's chat template around ``text + " " + system_suffix`` (EasyEdit's
 ``suffix_system_prompt``), the same before and after editing and for training, locating, the KL
 constraint and evaluation.
