@@ -43,6 +43,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True, help="output folder")
     ap.add_argument("--limit", type=int, default=None, help="first N instances of the split")
+    ap.add_argument("--start", type=int, default=0, help="skip the first N instances (to split a run over processes "
+                    "that write to separate --out folders; merge them by concatenating rows.jsonl and resuming)")
     ap.add_argument("--split", default="first50", help="first50 | sample100 | all (144 distinct ids) | three")
     ap.add_argument("--model", default=None, help="model spec (default: the embedded SmolLM2-135M-Instruct)")
     ap.add_argument("--set", dest="sets", action="append", default=[], help="DINM config key=value (repeatable)")
@@ -68,6 +70,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     cfg = dinm.DINMConfig.resolve(args.config, args.sets)
     data = load_safeedit(args.split, limit=args.limit)
+    del data[: args.start]
     lm = load_model(args.model)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
