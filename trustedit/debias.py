@@ -197,18 +197,16 @@ def _describe_suite(suite: dict) -> dict:
 
 def run(opts: DebiasOptions, edit: bool = True) -> dict:
     """``trustedit debias`` (``edit=True``) or ``trustedit eval --suite bias`` (``edit=False``)."""
-    from trustedit import __version__, rundir
-    from trustedit.metrics.scores import compare
+    from trustedit import rundir
+    from trustedit.metrics.scores import compare, single
     from trustedit.models import load_model, resolve
     from trustedit.profiling import Stages
-    from trustedit.provenance import stamp
-    from trustedit.registry import TASK_METHODS, get_method
+    from trustedit.provenance import results_header, timing_fields
+    from trustedit.registry import get_task_method
 
     method = cfg = None
     if edit:
-        if opts.method not in TASK_METHODS["debias"]:
-            raise UsageError(f"--method {opts.method!r} is not a debias method (choose from {', '.join(TASK_METHODS['debias'])})")
-        method = get_method(opts.method)
+        method = get_task_method("debias", opts.method)
         cfg = method.config.resolve(opts.config, [*_layer_sets(opts.method, opts.layers, opts.rank), *opts.sets], seed=opts.seed)
     rundir.check_target(opts.out, opts.overwrite)
     resolve(opts.model)
@@ -229,26 +227,14 @@ def run(opts: DebiasOptions, edit: bool = True) -> dict:
     if edit:
         metrics = {k: compare(pre[k], post[k], seed=opts.seed) for k in pre}
     else:
-        metrics = {k: {"pre": s.to_dict(seed=opts.seed), "protocol": s.protocol, "n": s.n, "aggregation": s.aggregation,
-                       "higher_is_better": s.higher_is_better} for k, s in pre.items()}
-    prov = stamp()
-    t = timer.to_dict()
+        metrics = {k: single(s, seed=opts.seed) for k, s in pre.items()}
     results = {
-        "trustedit_version": __version__,
-        "task": "debias" if edit else "eval",
-        "suite": "bias",
-        "created": prov["created"],
-        "argv": prov["argv"],
-        "versions": prov["versions"],
-        "model": lm.describe(),
-        "method": ({"name": method.name, "citation": method.citation, "summary": method.summary, "config": cfg.to_dict()}
-                   if edit else None),
+        **results_header("debias" if edit else "eval", "bias", lm, method, cfg),
         "dataset": {"tests": _describe_suite(suite), "fingerprints": suite_fingerprints(suite)},
         "evaluation": {**{k: getattr(opts, k) for k in EVAL_OPTIONS}, "base_eval_cache": cache_info},
         "seeds": {"seed": opts.seed, "bootstrap_seed": opts.seed, "bootstrap_resamples": 1000},
         "metrics": metrics,
-        "timings_s": t["seconds"],
-        "peak_memory_mb": {k: v for k, v in t.items() if k.startswith("peak")},
+        **timing_fields(timer),
     }
     if edit:
         results["patch"] = {"path": "patch", "method": method.name, "training": patch.manifest.get("training")}
@@ -257,8 +243,8 @@ def run(opts: DebiasOptions, edit: bool = True) -> dict:
             "config": cfg.to_dict(),
             "dataset": {"name": "dama/train_dama.json", "tests": results["dataset"]["fingerprints"]},
             "metrics": {k: {"pre": v["pre"]["value"], "post": v["post"]["value"]} for k, v in metrics.items()},
-            "versions": prov["versions"],
-            "created": prov["created"],
+            "versions": results["versions"],
+            "created": results["created"],
         })
     from trustedit.report import bias_summary
 
@@ -302,12 +288,12 @@ def run_sweep(opts: DebiasOptions, layer_specs: list[str], ranks: list[float]) -
     summary.md and sweep.svg (bias against perplexity)."""
     import time
 
-    from trustedit import __version__, rundir
+    from trustedit import rundir
     from trustedit.bias import dama
     from trustedit.metrics.scores import compare
     from trustedit.models import load_model, resolve
     from trustedit.profiling import Stages
-    from trustedit.provenance import stamp
+    from trustedit.provenance import results_header, timing_fields
     from trustedit.registry import get_method
 
     if opts.method != "dama":
@@ -365,12 +351,8 @@ def run_sweep(opts: DebiasOptions, layer_specs: list[str], ranks: list[float]) -
                 "per_layer": per_layer,
                 "metrics": {key: compare(pre[key], post[key], seed=opts.seed) for key in pre},
             })
-    prov = stamp()
-    t = timer.to_dict()
     results = {
-        "trustedit_version": __version__, "task": "debias-sweep", "suite": "bias", "created": prov["created"],
-        "argv": prov["argv"], "versions": prov["versions"], "model": lm.describe(),
-        "method": {"name": method.name, "citation": method.citation, "summary": method.summary, "config": cfg.to_dict()},
+        **results_header("debias-sweep", "bias", lm, method, cfg),
         "sweep": {"layers": layer_specs, "ranks": ranks, "shared": {
             "prompts": len(prep.prompts), "contexts": prep.contexts, "value_loss_first": prep.value_record["loss"][0],
             "value_loss_last": prep.value_record["loss"][-1], "lower_layers_replayed_from": replay.layer if replay else None}},
@@ -379,8 +361,7 @@ def run_sweep(opts: DebiasOptions, layer_specs: list[str], ranks: list[float]) -
         "seeds": {"seed": opts.seed, "bootstrap_seed": opts.seed, "bootstrap_resamples": 1000},
         "base": {k: {"value": s.value, "protocol": s.protocol, "n": s.n} for k, s in pre.items()},
         "points": points,
-        "timings_s": t["seconds"],
-        "peak_memory_mb": {k: v for k, v in t.items() if k.startswith("peak")},
+        **timing_fields(timer),
     }
     from trustedit.report import plot_sweep, sweep_summary
 

@@ -189,18 +189,16 @@ def _scorer(opts: DetoxOptions):
 
 def run(opts: DetoxOptions, edit: bool = True) -> dict:
     """``trustedit detox`` (``edit=True``) or ``trustedit eval --suite toxicity`` (``edit=False``)."""
-    from trustedit import __version__, rundir
-    from trustedit.metrics.scores import compare
+    from trustedit import rundir
+    from trustedit.metrics.scores import compare, single
     from trustedit.models import load_model, resolve
     from trustedit.profiling import Stages
-    from trustedit.provenance import stamp
-    from trustedit.registry import TASK_METHODS, get_method
+    from trustedit.provenance import results_header, timing_fields
+    from trustedit.registry import get_task_method
 
     method = cfg = None
     if edit:
-        if opts.method not in TASK_METHODS["detox"]:
-            raise UsageError(f"--method {opts.method!r} is not a detox method (choose from {', '.join(TASK_METHODS['detox'])})")
-        method = get_method(opts.method)
+        method = get_task_method("detox", opts.method)
         cfg = method.config.resolve(opts.config, list(opts.sets), seed=opts.seed, lam=opts.lam)
     rundir.check_target(opts.out, opts.overwrite)
     resolve(opts.model)
@@ -240,22 +238,11 @@ def run(opts: DetoxOptions, edit: bool = True) -> dict:
         side = {how: {k: {"value": s.value, "delta": s.value - scored["base"][k].value}
                       for k, s in scored[how].items()} for how in variants}
     else:
-        metrics = {k: {"pre": s.to_dict(seed=opts.seed), "protocol": s.protocol, "n": s.n, "aggregation": s.aggregation,
-                       "higher_is_better": s.higher_is_better} for k, s in scored["base"].items()}
+        metrics = {k: single(s, seed=opts.seed) for k, s in scored["base"].items()}
         side = None
-    prov = stamp()
-    t = timer.to_dict()
     data = suite["data"]
     results = {
-        "trustedit_version": __version__,
-        "task": "detox" if edit else "eval",
-        "suite": "toxicity",
-        "created": prov["created"],
-        "argv": prov["argv"],
-        "versions": prov["versions"],
-        "model": lm.describe(),
-        "method": ({"name": method.name, "citation": method.citation, "summary": method.summary, "config": cfg.to_dict()}
-                   if edit else None),
+        **results_header("detox" if edit else "eval", "toxicity", lm, method, cfg),
         "scorer": {**scorer.describe(), "name": opts.scorer, "version": scorer.version,
                    "kind": getattr(scorer, "kind", "toxicity")},
         "dataset": {"name": "realtoxicityprompts", "fingerprint": data.fingerprint,
@@ -268,14 +255,13 @@ def run(opts: DetoxOptions, edit: bool = True) -> dict:
         "seeds": {"seed": opts.seed, "sampling_seed": opts.seed, "bootstrap_seed": opts.seed, "bootstrap_resamples": 1000},
         "metrics": metrics,
         "side_by_side": side,
-        "timings_s": t["seconds"],
-        "peak_memory_mb": {k: v for k, v in t.items() if k.startswith("peak")},
+        **timing_fields(timer),
     }
     if edit:
         results["patch"] = {"path": "patch", "method": patch.method, "training": patch.manifest.get("training")}
         patch.manifest.update({
             "base_model": {"fingerprint": lm.fingerprint, "spec": lm.spec, "model_type": lm.model_type},
-            "config": cfg.to_dict(), "versions": prov["versions"], "created": prov["created"],
+            "config": cfg.to_dict(), "versions": results["versions"], "created": results["created"],
             "metrics": {k: {"pre": v["pre"]["value"], "post": v["post"]["value"]} for k, v in metrics.items()},
         })
     from trustedit.report import detox_summary

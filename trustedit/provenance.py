@@ -23,3 +23,23 @@ def versions() -> dict:
 
 def stamp() -> dict:
     return {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": list(sys.argv), "versions": versions()}
+
+
+def results_header(task: str, suite: str | None, lm, method=None, cfg=None) -> dict:
+    """The fields every results.json starts with: version, task, suite, time, command line,
+    library versions, model, and the method with its resolved config (None for ``eval``)."""
+    from trustedit import __version__
+
+    prov = stamp()
+    return {
+        "trustedit_version": __version__, "task": task, **({"suite": suite} if suite else {}),
+        "created": prov["created"], "argv": prov["argv"], "versions": prov["versions"], "model": lm.describe(),
+        "method": ({"name": method.name, "citation": method.citation, "summary": method.summary,
+                    "config": cfg.to_dict()} if method is not None else None),
+    }
+
+
+def timing_fields(timer) -> dict:
+    """``timings_s`` and ``peak_memory_mb`` of a :class:`trustedit.profiling.Stages`."""
+    t = timer.to_dict()
+    return {"timings_s": t["seconds"], "peak_memory_mb": {k: v for k, v in t.items() if k.startswith("peak")}}

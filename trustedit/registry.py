@@ -85,6 +85,14 @@ def get_method(name: str):
     return load_entry(METHODS[name])
 
 
+def get_task_method(task: str, name: str):
+    """The method ``name`` if the task verb ``task`` offers it (see :data:`TASK_METHODS`)."""
+    offered = TASK_METHODS[task]
+    if name not in offered:
+        raise UsageError(f"--method {name!r} is not a {task} method (choose from {', '.join(offered)})")
+    return get_method(name)
+
+
 def get_dataset(name: str) -> dict:
     if name not in DATASETS:
         raise UsageError(f"unknown dataset {name!r} (known: {', '.join(sorted(DATASETS))})")

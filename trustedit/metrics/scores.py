@@ -104,6 +104,12 @@ def _clean(x: float):
     return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else round(float(x), 6)
 
 
+def single(score: Score, seed: int = 0) -> dict:
+    """One model's value with its bootstrap interval, in the results.json layout of ``eval``."""
+    return {"pre": score.to_dict(seed=seed), "protocol": score.protocol, "n": score.n,
+            "aggregation": score.aggregation, "higher_is_better": score.higher_is_better}
+
+
 def compare(pre: Score, post: Score, n_boot: int = 1000, seed: int = 0) -> dict:
     """Before, after and delta (after - before), each with a paired bootstrap 95 % interval.
 
