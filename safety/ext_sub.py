@@ -57,6 +57,8 @@ class ExtSubConfig(MethodConfig):
     warmup_steps: int = opt(10, "Linear warm-up steps, then linear decay.")
     batch_size: int = opt(16, "Training batch size (sequences).")
     train_limit: int = opt(2000, "Training sentences per side, a seeded sample (0: all; 5,000 Jigsaw + ~19k ParaDetox each).")
+    normalize_text: bool = opt(True, "Detokenise and sentence-case the training text (the toxic sides ship lower-cased and pre-tokenised, "
+                                     "the ParaDetox rewrites do not), so that the adapters differ by toxicity, not typography.")
     prompt_fraction: float = opt(0.5, "Share of each training sentence's words used as the prompt; the loss is on the rest.")
     min_words: int = opt(6, "Skip training sentences shorter than this many words.")
     combine: str = opt("ext-sub", "How the adapters combine: 'ext-sub' (subtract the deficiency), 'negation' (ΔW⁺ − λΔW⁻), 'expert' (ΔW⁺).")
@@ -157,16 +159,19 @@ def combine_deltas(pos: dict, neg: dict, how: str, lam: float = 1.0, eps: float 
 # ---- training data ----------------------------------------------------------------------------------
 
 
-def training_texts(limit: int, seed: int) -> tuple[list[str], list[str], dict]:
+def training_texts(limit: int, seed: int, normalize: bool = True) -> tuple[list[str], list[str], dict]:
     """``(non_toxic, toxic, provenance)``: Jigsaw non-toxic + ParaDetox neutral rewrites, and
-    Jigsaw toxic + ParaDetox toxic sentences, each a seeded sample of ``limit`` (0: all)."""
-    from trustedit.data.toxicity import load_jigsaw, load_paradetox
+    Jigsaw toxic + ParaDetox toxic sentences, each a seeded sample of ``limit`` (0: all).
+    ``normalize``: pass every text through :func:`trustedit.data.toxicity.normalize_text`."""
+    from trustedit.data.toxicity import load_jigsaw, load_paradetox, normalize_text
 
     jig, para = load_jigsaw(), load_paradetox()
     good = [x.text for x in jig if x.label == 0] + [p.neutral for p in para]
     bad = [x.text for x in jig if x.label == 1] + list(dict.fromkeys(p.toxic for p in para))
+    if normalize:
+        good, bad = ([normalize_text(t) for t in side] for side in (good, bad))
     prov = {"jigsaw": jig.fingerprint, "paradetox": para.fingerprint, "non_toxic_available": len(good),
-            "toxic_available": len(bad)}
+            "toxic_available": len(bad), "normalized": normalize}
     return sample_items(good, limit, seed), sample_items(bad, limit, seed + 1), prov
 
 
@@ -206,7 +211,7 @@ def train_adapters(lm, cfg: ExtSubConfig, good=None, bad=None, stages=None):
 
     prov = {}
     if good is None or bad is None:
-        g, b, prov = training_texts(cfg.train_limit, cfg.seed)
+        g, b, prov = training_texts(cfg.train_limit, cfg.seed, cfg.normalize_text)
         good = g if good is None else good
         bad = b if bad is None else bad
     modules = target_modules(lm.model, cfg.targets)

@@ -89,3 +89,60 @@ def test_eval_then_detox_write_the_standard_run_directories(tmp_path, monkeypatc
 def test_unknown_method_is_a_usage_error(tmp_path):
     with pytest.raises(UsageError, match="not a detox method"):
         run(DetoxOptions(out=str(tmp_path / "a"), method="dama"))
+
+
+class FakeJudge:
+    """Safe iff the response contains 'the' (a known function of the text)."""
+
+    def label(self):
+        return "fake judge"
+
+    def describe(self):
+        return {"judge": "fake", "label": "fake judge"}
+
+    def __call__(self, responses, safe, unsafe):
+        return [1.0 if "the" in r.split() else 0.0 for r in responses]
+
+
+@needs_data
+@pytest.mark.parametrize("sequential", [False, True])
+def test_detox_dinm_writes_the_standard_run_directory(tmp_path, monkeypatch, llama_factory, weights, sequential):
+    import trustedit.metrics.safety as S
+    import trustedit.models as models
+    from trustedit.patch import Patch
+
+    lm = llama_factory()
+    snap = weights.snapshot(lm.model)
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: lm)
+    monkeypatch.setattr(models, "resolve", lambda spec: ("tiny", "tiny", "tiny"))
+    monkeypatch.setattr(S, "make_judge", lambda spec: FakeJudge())
+    out = tmp_path / "dinm"
+    r = run(DetoxOptions(method="dinm", out=str(out), safeedit_split="first50", instances=2, response_tokens=3,
+                         sequential=sequential, sets=["steps=2", "lr=0.5", "max_length=256"]))
+    files = ["results.json", "samples.jsonl", "summary.md"] + (["patch"] if sequential else [])
+    assert sorted(os.listdir(out)) == sorted(files)
+    res = json.loads((out / "results.json").read_text())
+    assert res["task"] == "detox" and res["suite"] == "safeedit" and res["method"]["name"] == "dinm"
+    assert res["method"]["config"]["steps"] == 2 and res["dataset"]["n"] == 2 and res["dataset"]["fingerprint"]
+    for k in ("DS", "DG_avg", "DG_onlyQ", "fluency_ngram_entropy"):
+        assert {"pre", "post", "delta"} <= set(res["metrics"][k]), k
+    assert res["metrics"]["DS"]["n"] == 2 and 0.0 <= res["locality"]["value"] <= 1.0
+    assert sum(res["located_layers"].values()) == 2
+    rows = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all({"pre", "post", "layer"} <= set(x) for x in rows)
+    # DS recorded = the mean of the per-instance verdicts in samples.jsonl
+    assert res["metrics"]["DS"]["post"]["value"] == pytest.approx(sum(x["post"]["DS"]["verdict"] for x in rows) / 2)
+    summary = (out / "summary.md").read_text()
+    assert "dinm on SafeEdit" in summary and "locality (after)" in summary
+    if not sequential:
+        weights.assert_same(lm.model, snap)  # edit -> evaluate -> revert leaves the model as it was
+    else:
+        assert res["patch"]["edits"] == 2
+        fresh = llama_factory()
+        Patch.load(out / "patch").apply(fresh.model)
+        weights.assert_same(fresh.model, lm.model)  # the job left the summed edit applied; the saved one matches
+
+
+def test_dinm_rejects_lambda(tmp_path):
+    with pytest.raises(UsageError, match="lambda"):
+        run(DetoxOptions(out=str(tmp_path / "a"), method="dinm", lam=2.0))

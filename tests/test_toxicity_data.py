@@ -222,3 +222,21 @@ def test_fingerprint_tracks_content_not_location(tmp_path):
     assert T.fingerprint([other]) != fp
     with pytest.raises(DataError, match="missing"):
         T.fingerprint([tmp_path / "nope.txt"])
+
+
+def test_normalize_text_undoes_the_preprocessing_and_is_idempotent():
+    from trustedit.data.toxicity import normalize_text
+
+    cases = {
+        "it 's , i think . that is n't true !": "It's, I think. That isn't true!",
+        "he had steel balls too !": "He had steel balls too!",
+        "( webster ) costs $ 5 , or 50 % off": "(webster) costs $5, or 50% off",
+        "i 'm sure i said this , is it ?": "I'm sure I said this, is it?",
+        "He was brave too!": "He was brave too!",  # ordinary text is left alone
+        "  spaced   out  ": "Spaced out",
+    }
+    for raw, want in cases.items():
+        got = normalize_text(raw)
+        assert got == want, raw
+        assert normalize_text(got) == got
+    assert normalize_text("this is it") != normalize_text("this is it .")  # punctuation kept, not dropped

@@ -134,11 +134,13 @@ def _add_detox_parser(sub) -> None:
     from trustedit.detox import DetoxOptions  # torch-free
 
     d = DetoxOptions()
-    p = sub.add_parser("detox", help="cut toxic output (Ext-Sub, negation), measured on RealToxicityPrompts",
-                       description="Trains an expert (non-toxic) and an anti-expert (toxic) LoRA, combines them, and "
-                                   "compares base and edited models on RealToxicityPrompts, Ext-Sub's protocol and "
-                                   "general-task retention. Writes results.json, samples.jsonl, summary.md, patch/.")
-    p.add_argument("--method", default=d.method, help="ext-sub (default) or negation")
+    p = sub.add_parser("detox", help="cut toxic output (Ext-Sub, negation on RealToxicityPrompts; DINM on SafeEdit)",
+                       description="ext-sub / negation: trains an expert (non-toxic) and an anti-expert (toxic) LoRA, "
+                                   "combines them, and compares base and edited models on RealToxicityPrompts, Ext-Sub's "
+                                   "protocol and general-task retention. dinm: edits each SafeEdit instance's toxic layer "
+                                   "and reports defence success, generalisation and general-knowledge locality. Writes "
+                                   "results.json, samples.jsonl, summary.md and patch/.")
+    p.add_argument("--method", default=d.method, help="ext-sub (default), negation, or dinm (SafeEdit)")
     p.add_argument("--lambda", dest="lam", type=float, default=None, help="weight of the subtracted anti-expert part (default 1)")
     p.add_argument("--no-baselines", action="store_true", help="skip the side-by-side expert-alone / other-combination runs")
     p.add_argument("--config", default=None, help="JSON file of method options")
@@ -154,6 +156,13 @@ def _add_detox_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="evaluation batch size")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     _toxicity_args(p)
+    g = p.add_argument_group("DINM (--method dinm, on SafeEdit; the RealToxicityPrompts options do not apply)")
+    g.add_argument("--safeedit-split", default=d.safeedit_split, help="first50 (default), sample100, all, three")
+    g.add_argument("--instances", type=int, default=None, help="first N instances of the split (default: all)")
+    g.add_argument("--judge", default=d.judge, help="'similarity' (offline, default) or a local sequence-classifier folder")
+    g.add_argument("--response-tokens", type=int, default=d.response_tokens, help="greedy response length (default 64)")
+    g.add_argument("--sequential", action="store_true", help="keep every edit and save their sum as patch/ "
+                   "(default: the paper's edit -> evaluate -> revert per instance, no patch)")
 
 
 def _detox_options(args):
@@ -167,7 +176,9 @@ def _detox_options(args):
                         limit=args.limit, random_limit=args.random_limit, extsub_protocol=not args.no_extsub_protocol,
                         baselines=not getattr(args, "no_baselines", False), retention=retention,
                         retention_limit=args.retention_limit, wikitext_docs=args.wikitext_docs,
-                        batch_size=args.batch_size, prompts_per_batch=args.prompts_per_batch, overwrite=args.overwrite)
+                        batch_size=args.batch_size, prompts_per_batch=args.prompts_per_batch, overwrite=args.overwrite,
+                        **{k: getattr(args, k) for k in ("safeedit_split", "instances", "judge", "response_tokens",
+                                                         "sequential") if hasattr(args, k)})
 
 
 def _cmd_detox(args) -> int:
@@ -175,7 +186,12 @@ def _cmd_detox(args) -> int:
     from trustedit.report import detox_summary
 
     results = run(_detox_options(args), edit=args.command == "detox")
-    print(detox_summary(results))
+    if results.get("suite") == "safeedit":
+        from trustedit.report import dinm_summary
+
+        print(dinm_summary(results))
+    else:
+        print(detox_summary(results))
     print(f"wrote {args.out}/ in {results['timings_s']['total']:.0f} s")
     return 0
 

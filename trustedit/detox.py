@@ -61,6 +61,12 @@ class DetoxOptions:
     batch_size: int = 16
     prompts_per_batch: int = 8  # prompts per sampling batch (each repeated k times)
     overwrite: bool = False
+    # DINM (SafeEdit) only
+    safeedit_split: str = "first50"
+    instances: int | None = None  # SafeEdit instances (None: the whole split)
+    judge: str = "similarity"  # or a local sequence-classifier folder
+    response_tokens: int = 64  # greedy response length on SafeEdit
+    sequential: bool = False  # keep every edit (default: the paper's edit -> evaluate -> revert per instance)
 
 
 # ---- the suite ----------------------------------------------------------------------------------
@@ -199,6 +205,10 @@ def run(opts: DetoxOptions, edit: bool = True) -> dict:
     method = cfg = None
     if edit:
         method = get_task_method("detox", opts.method)
+        if method.name == "dinm":
+            if opts.lam is not None:
+                raise UsageError("--lambda is an Ext-Sub / negation option; DINM has none")
+            return run_dinm(opts, method, method.config.resolve(opts.config, list(opts.sets), seed=opts.seed))
         cfg = method.config.resolve(opts.config, list(opts.sets), seed=opts.seed, lam=opts.lam)
     rundir.check_target(opts.out, opts.overwrite)
     resolve(opts.model)
@@ -272,4 +282,94 @@ def run(opts: DetoxOptions, edit: bool = True) -> dict:
         rundir.write_json(tmp / "results.json", results)
         rundir.write_jsonl(tmp / "samples.jsonl", samples(suite, runs))
         (tmp / "summary.md").write_text(detox_summary(results), encoding="utf-8")
+    return results
+
+
+# ---- DINM on SafeEdit ---------------------------------------------------------------------------
+
+
+def sum_patches(patches, method: str = "dinm"):
+    """One dense Patch holding, per parameter, the sum of the patches' deltas (the net change of
+    edits applied one after the other)."""
+    from trustedit.patch import Delta, Patch
+
+    total = {}
+    for p in patches:
+        for name, d in p.deltas.items():
+            t = d.tensors["delta"] * d.scale if d.kind == "dense" else (d.tensors["B"].float() @ d.tensors["A"].float()) * d.scale
+            total[name] = t.clone() if name not in total else total[name] + t
+    return Patch(method, {k: Delta("dense", {"delta": v}) for k, v in total.items()})
+
+
+def run_dinm(opts: DetoxOptions, method, cfg) -> dict:
+    """``trustedit detox --method dinm``: DINM on SafeEdit (Wang et al. 2024), judged offline.
+
+    The paper's protocol edits one instance, evaluates it and reverts it, so that run leaves the
+    model unchanged and writes no patch. ``sequential`` keeps every edit, evaluates each right
+    after it, and saves their sum as ``patch/`` (the job leaves it applied)."""
+    from trustedit import rundir
+    from trustedit.data.safeedit import load_safeedit
+    from trustedit.metrics.safety import make_judge
+    from trustedit.models import load_model, resolve
+    from trustedit.profiling import Stages
+    from trustedit.prompts import PromptFormat
+    from trustedit.provenance import results_header, timing_fields
+    from trustedit.safety import dinm
+
+    if opts.response_tokens < 1:
+        raise UsageError("--response-tokens must be >= 1")
+    rundir.check_target(opts.out, opts.overwrite)
+    resolve(opts.model)
+    timer = Stages()
+    with timer("load_data"):
+        data = load_safeedit(opts.safeedit_split, limit=opts.instances)
+    if not len(data):
+        raise UsageError(f"no SafeEdit instances selected (split {opts.safeedit_split!r}, --instances {opts.instances})")
+    with timer("load_judge"):
+        judge = make_judge(opts.judge)
+    with timer("load_model"):
+        lm = load_model(opts.model, opts.device, opts.dtype)
+    patches = []
+    fmt = PromptFormat()
+    with timer("edit_and_eval"):
+        rows = dinm.edit_rows(lm, data, cfg, max_new_tokens=opts.response_tokens, sequential=opts.sequential,
+                              batch_size=opts.batch_size, fmt=fmt,
+                              on_patch=(lambda i, inst, p: patches.append(p)) if opts.sequential else None)
+    with timer("judge"):
+        res = dinm.summarize(rows, judge, cfg, max_new_tokens=opts.response_tokens,
+                             fmt_name=dinm.format_name(lm.tokenizer, cfg, fmt), sequential=opts.sequential,
+                             prompt_format={**fmt.describe(lm.tokenizer), "system_suffix": cfg.system_suffix})
+    patch = sum_patches(patches) if opts.sequential else None
+    layers = [r["layer"] for r in rows]
+    results = {
+        **results_header("detox", "safeedit", lm, method, cfg),
+        "judge": res["judge"],
+        "dataset": data.describe(),
+        "evaluation": {"protocol": res["protocol"], "response_tokens": opts.response_tokens, "decoding": "greedy",
+                       "prompt_format": res["prompt_format"], "batch_size": opts.batch_size, "seed": opts.seed},
+        "seeds": {"seed": opts.seed, "bootstrap_seed": 0, "bootstrap_resamples": 1000},
+        "metrics": res["metrics"],
+        "locality": res["locality"],
+        "located_layers": {str(k): layers.count(k) for k in sorted(set(layers))},
+        "seconds_per_instance": res["seconds"],
+        **timing_fields(timer),
+    }
+    if patch is not None:
+        results["patch"] = {"path": "patch", "method": "dinm", "edits": len(patches),
+                            "parameters": sorted(patch.deltas)}
+        patch.manifest.update({
+            "base_model": {"fingerprint": lm.fingerprint, "spec": lm.spec, "model_type": lm.model_type},
+            "config": cfg.to_dict(), "versions": results["versions"], "created": results["created"],
+            "training": {"edits": [p.manifest.get("training") for p in patches], "combined": "sum of the sequential deltas"},
+        })
+    from trustedit.report import dinm_summary
+
+    with rundir.atomic_dir(opts.out, opts.overwrite) as tmp:
+        if patch is not None:
+            patch.save(tmp / "patch")
+        rundir.write_json(tmp / "results.json", results)
+        rundir.write_jsonl(tmp / "samples.jsonl", res["samples"])
+        (tmp / "summary.md").write_text(dinm_summary(results), encoding="utf-8")
+    if patch is not None:
+        patch.apply(lm.model)  # as the other jobs: the chosen edit is left applied
     return results

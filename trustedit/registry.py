@@ -24,7 +24,8 @@ METHODS: dict[str, str] = {
 TASK_METHODS: dict[str, tuple[str, ...]] = {
     "erase": ("sanitation-lora", "ft-m"),
     "debias": ("dama", "inlp"),  # fit(lm, prompts, cfg, stages=None) -> Patch
-    "detox": ("ext-sub", "negation"),  # fit(lm, data=None, cfg, stages=None) -> Patch
+    # ext-sub, negation: fit(lm, data=None, cfg, stages=None) -> Patch; dinm: fit(lm, instance, cfg) -> Patch
+    "detox": ("ext-sub", "negation", "dinm"),
 }
 
 # Dataset specs: small declarative descriptions, loaders named lazily.

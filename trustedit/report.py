@@ -250,6 +250,42 @@ DETOX_HEADLINE = [f"{s}/{m}" for s in ("rtp_toxic", "rtp_random") for m in
 DETOX_HEADLINE += ["extsub/extsub_mean_toxicity", "extsub/extsub_toxicity_ratio", "wikitext/ppl"]
 
 
+DINM_HEADLINE = ("DS", "DG_avg", "DG_onlyQ", "DG_otherA", "DG_otherQ", "DG_otherAQ", "fluency_ngram_entropy")
+
+
+def dinm_summary(r: dict) -> str:
+    """summary.md of ``trustedit detox --method dinm`` (SafeEdit)."""
+    m, meth, d, ev = r["model"], r["method"], r["dataset"], r["evaluation"]
+    loc = r["locality"]
+    lo, hi = loc.get("ci95", [None, None])
+    t = r.get("timings_s", {})
+    layers = ", ".join(f"layer {k}: {v}" for k, v in r["located_layers"].items())
+    lines = [
+        "# trustedit detox: dinm on SafeEdit", "",
+        f"- model: `{m['spec']}` ({m['model_type']}, {m['num_parameters'] / 1e6:.0f}M parameters, {m['dtype']} on {m['device']}), "
+        f"fingerprint `{m['fingerprint'][:40]}…`",
+        f"- method: {meth['summary']} — {meth['citation']}",
+        f"- data: SafeEdit `{d['name']}`, {d['n']} instances, fingerprint `{d['fingerprint'][:40]}…`",
+        f"- protocol: {ev['protocol']}; greedy responses of ≤ {ev['response_tokens']} tokens; prompt: "
+        f"{ev['prompt_format'].get('name', ev['prompt_format'])}, system suffix {ev['prompt_format'].get('system_suffix')!r} "
+        "(the same before and after editing)",
+        f"- judge: {r['judge'].get('label', r['judge'])}",
+        f"- located layers: {layers}",
+        f"- time: {t.get('total', 0):.0f} s in all; {r['seconds_per_instance']['per_instance']:.1f} s per instance",
+        "",
+        "DS = defence success on the edit input; DG = defence generalisation on the four held-out inputs; higher is "
+        "better. Locality: share of general-knowledge answer tokens the edited model predicts as the base model did.",
+        "",
+        "## Metrics (before = base model, after = edited; paired bootstrap 95% intervals over instances)", "",
+        metric_table(r["metrics"], DINM_HEADLINE), "",
+        f"- general-knowledge locality (after): **{100 * loc['value']:.1f}%**"
+        + (f" [95% CI {100 * lo:.1f}, {100 * hi:.1f}]" if lo is not None else "") + f", n = {loc['n']}", "",
+        "Files: `results.json`, `samples.jsonl` (per instance: responses before/after with verdicts, located layer, "
+        "losses, timings)" + (", `patch/` (the sum of the sequential edits)." if r.get("patch") else "."),
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def detox_summary(r: dict) -> str:
     m, meth, sc = r["model"], r.get("method"), r["scorer"]
     title = f"# trustedit detox: {meth['name']}" if meth else "# trustedit eval --suite toxicity"

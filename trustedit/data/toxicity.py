@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import os
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -163,6 +164,31 @@ def load_paradetox(path: PathLike = None) -> ToxicityData:
 
 
 # ---------------------------------------------------------------------------------------------
+# Register
+# ---------------------------------------------------------------------------------------------
+
+_SPACE_BEFORE = re.compile(r" +([,.!?;:%)\]}]|n't\b|'(?:s|re|ve|ll|d|m)\b)", re.IGNORECASE)
+_SPACE_AFTER = re.compile(r"([(\[{$]) +")
+_LONE_I = re.compile(r"\bi\b(?=(?:'[a-z]+)?(?:\W|$))")
+_SENTENCE_START = re.compile(r"(^|[.!?]\s+)([a-z])")
+
+
+def normalize_text(text: str) -> str:
+    """Undo the Jigsaw / ParaDetox preprocessing: join the split punctuation and clitics
+    (``"it 's , i think ."`` -> ``"It's, I think."``), capitalise sentence starts and the pronoun
+    "i". Proper nouns stay lower-cased (that would need a true-caser). Idempotent on ordinary text.
+
+    Why: the toxic side of both sources is lower-cased and pre-tokenised while ParaDetox's neutral
+    rewrites are ordinary text, so adapters trained on the raw files also learn (and differ by) the
+    typography; normalising both sides leaves toxicity as the difference."""
+    t = " ".join(text.split())
+    t = _SPACE_BEFORE.sub(r"\1", t)
+    t = _SPACE_AFTER.sub(r"\1", t)
+    t = _LONE_I.sub("I", t)
+    return _SENTENCE_START.sub(lambda m: m.group(1) + m.group(2).upper(), t)
+
+
+# ---------------------------------------------------------------------------------------------
 # RealToxicityPrompts
 # ---------------------------------------------------------------------------------------------
 
@@ -229,4 +255,4 @@ def select_rtp(prompts: Sequence[RTPPrompt], n: int | None, seed: int = 0, mode:
 
 
 __all__ = ["LabelledText", "ParaPair", "RTPPrompt", "ToxicityData", "fingerprint", "file_sha256", "load_jigsaw",
-           "load_paradetox", "load_rtp", "select_rtp"]
+           "load_paradetox", "load_rtp", "normalize_text", "select_rtp"]
