@@ -57,6 +57,9 @@ class ExtSubConfig(MethodConfig):
     warmup_steps: int = opt(10, "Linear warm-up steps, then linear decay.")
     batch_size: int = opt(16, "Training batch size (sequences).")
     train_limit: int = opt(2000, "Training sentences per side, a seeded sample (0: all; 5,000 Jigsaw + ~19k ParaDetox each).")
+    data_source: str = opt("jigsaw+paradetox", "Training text: 'jigsaw+paradetox' (sentences cut into prompt and rest) or 'rtp' "
+                           "(RealToxicityPrompts prompt -> its original continuation, toxic side Perspective >= 0.5, "
+                           "non-toxic side < 0.1; the prompts the job evaluates are excluded).")
     normalize_text: bool = opt(True, "Detokenise and sentence-case the training text (the toxic sides ship lower-cased and pre-tokenised, "
                                      "the ParaDetox rewrites do not), so that the adapters differ by toxicity, not typography.")
     prompt_fraction: float = opt(0.5, "Share of each training sentence's words used as the prompt; the loss is on the rest.")
@@ -175,6 +178,27 @@ def training_texts(limit: int, seed: int, normalize: bool = True) -> tuple[list[
     return sample_items(good, limit, seed), sample_items(bad, limit, seed + 1), prov
 
 
+RTP_TOXIC_MIN, RTP_CLEAN_MAX = 0.5, 0.1
+
+
+def rtp_training_pairs(limit: int, seed: int, exclude_ids=()) -> tuple[list, list, dict]:
+    """``(non_toxic, toxic, provenance)`` as ``(prompt, continuation)`` text pairs from
+    RealToxicityPrompts: the original continuations with Perspective toxicity < 0.1 and >= 0.5,
+    prompts in ``exclude_ids`` (those evaluated) left out, each side a seeded sample of ``limit``."""
+    from trustedit.data.toxicity import load_rtp
+
+    data = load_rtp()
+    skip = set(exclude_ids)
+    pool = [p for p in data if p.id not in skip and p.continuation and p.continuation.strip()
+            and p.continuation_toxicity is not None]
+    good = [(p.text, p.continuation) for p in pool if p.continuation_toxicity < RTP_CLEAN_MAX]
+    bad = [(p.text, p.continuation) for p in pool if p.continuation_toxicity >= RTP_TOXIC_MIN]
+    prov = {"realtoxicityprompts": data.fingerprint, "excluded_prompts": len(skip & {p.id for p in data}),
+            "non_toxic_available": len(good), "toxic_available": len(bad),
+            "rule": f"continuation Perspective toxicity < {RTP_CLEAN_MAX} (non-toxic) / >= {RTP_TOXIC_MIN} (toxic)"}
+    return sample_items(good, limit, seed), sample_items(bad, limit, seed + 1), prov
+
+
 def continuation_format():
     """Plain text, no chat template, no EOS at the end of the target (a continuation goes on)."""
     from trustedit.prompts import PromptFormat
@@ -189,6 +213,10 @@ def continuation_pairs(tokenizer, texts, fraction: float = 0.5, min_words: int =
 
     qs, ans = [], []
     for t in texts:
+        if isinstance(t, tuple):  # an explicit (prompt, continuation) pair
+            qs.append(t[0])
+            ans.append(t[1].strip())
+            continue
         words = t.split()
         if len(words) < max(min_words, 3):
             continue
@@ -201,8 +229,10 @@ def continuation_pairs(tokenizer, texts, fraction: float = 0.5, min_words: int =
 # ---- the method -----------------------------------------------------------------------------------
 
 
-def train_adapters(lm, cfg: ExtSubConfig, good=None, bad=None, stages=None):
-    """Train the expert (on ``good``) and the anti-expert (on ``bad``; None: the project's data).
+def train_adapters(lm, cfg: ExtSubConfig, good=None, bad=None, stages=None, exclude_ids=()):
+    """Train the expert (on ``good``) and the anti-expert (on ``bad``; None: the project's data,
+    as ``cfg.data_source`` says). Texts are strings (cut into prompt and rest) or ``(prompt,
+    continuation)`` pairs. ``exclude_ids``: RTP prompt ids never trained on (the evaluated ones).
     Returns ``(pos, neg, record)`` with the two adapters' low-rank deltas."""
     from contextlib import nullcontext
 
@@ -211,7 +241,14 @@ def train_adapters(lm, cfg: ExtSubConfig, good=None, bad=None, stages=None):
 
     prov = {}
     if good is None or bad is None:
-        g, b, prov = training_texts(cfg.train_limit, cfg.seed, cfg.normalize_text)
+        if cfg.data_source == "rtp":
+            g, b, prov = rtp_training_pairs(cfg.train_limit, cfg.seed, exclude_ids)
+        elif cfg.data_source == "jigsaw+paradetox":
+            g, b, prov = training_texts(cfg.train_limit, cfg.seed, cfg.normalize_text)
+        else:
+            from trustedit.errors import UsageError
+
+            raise UsageError(f"data_source must be 'jigsaw+paradetox' or 'rtp', got {cfg.data_source!r}")
         good = g if good is None else good
         bad = b if bad is None else bad
     modules = target_modules(lm.model, cfg.targets)

@@ -117,3 +117,25 @@ def test_registry_and_negation_config():
     assert get_method("negation").config().combine == "negation"
     assert get_method("ext-sub").config().combine == "ext-sub"
     assert get_method("ext-sub").config().rank == 16 and get_method("ext-sub").config().alpha == 32
+
+
+@pytest.mark.skipif(not __import__("os").environ.get("TRUSTEDIT_DATA_DIR"), reason="TRUSTEDIT_DATA_DIR not set")
+def test_rtp_training_pairs_follow_the_rule_and_leave_out_evaluated_prompts():
+    from trustedit.data.toxicity import load_rtp, select_rtp
+
+    data = load_rtp()
+    evaluated = [p.id for p in select_rtp(data, 200, 0, "toxic-first")]
+    good, bad, prov = E.rtp_training_pairs(0, 0, evaluated)
+    by_pair = {(p.text, p.continuation): p for p in data}
+    assert prov["excluded_prompts"] == 200 and len(good) == prov["non_toxic_available"] > 100
+    assert all(by_pair[x].continuation_toxicity < E.RTP_CLEAN_MAX for x in good)
+    assert all(by_pair[x].continuation_toxicity >= E.RTP_TOXIC_MIN for x in bad)
+    assert not {by_pair[x].id for x in good + bad} & set(evaluated)
+    assert len(E.rtp_training_pairs(50, 0, evaluated)[1]) == 50
+
+
+def test_continuation_pairs_take_explicit_prompt_continuation_pairs(tiny_llama):
+    pairs = E.continuation_pairs(tiny_llama.tokenizer, [("Who wrote", " the Hamlet."), "1 2 3 4 5 6 7"])
+    assert len(pairs) == 2
+    tok = tiny_llama.tokenizer
+    assert tok.decode(pairs[0].target).strip() == "the Hamlet."

@@ -228,7 +228,8 @@ def run(opts: DetoxOptions, edit: bool = True) -> dict:
         from trustedit.safety import ext_sub
 
         with timer("edit"):
-            pos, neg, record = ext_sub.train_adapters(lm, cfg, stages=timer)
+            evaluated = [p.id for sub in _subsets(suite) for p in suite[sub]]
+            pos, neg, record = ext_sub.train_adapters(lm, cfg, stages=timer, exclude_ids=evaluated)
             names = [cfg.combine] + ([c for c in ("expert", "negation", "ext-sub") if c != cfg.combine] if opts.baselines else [])
             for how in names:
                 variants[how] = ext_sub.patch_from(lm, pos, neg, cfg, record, how)
