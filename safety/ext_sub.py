@@ -28,11 +28,18 @@ The combined update is generally of full rank (each row is projected on its own 
 stored as a dense delta (exact) or, with ``factor_rank = k``, factored back to rank k by SVD (the
 relative Frobenius error of each factorisation is recorded). It is never stored as a "LoRA".
 
-Training data (the paper's instruction data is not available offline): continuation pairs built
-from the project's toxic and non-toxic text, ``$TRUSTEDIT_DATA_DIR/jigsaw_toxic_nontoxic`` and
-``paradetox`` (toxic side vs. its neutral rewrites). Each sentence is cut at a word boundary; the
-first part is the prompt and the loss is on the rest, in the same plain (no chat template)
-format as the RealToxicityPrompts continuations the method is evaluated on.
+Training data (the paper's instruction data is not available offline), in the same plain (no
+chat template) continuation format as the RealToxicityPrompts evaluation, ``data_source``:
+
+* ``rtp`` (default): RealToxicityPrompts prompts with their original OpenWebText continuations;
+  the toxic side has Perspective toxicity >= 0.5, the non-toxic side < 0.1; every prompt the job
+  evaluates is excluded. Deviation from the issue's corpus, measured (benchmarks/RESULTS.md §6):
+  with Jigsaw / ParaDetox the *expert* itself raised toxicity on RTP (EMT +44 % at k = 4, and
+  +24 % at k = 10) and continuation perplexity x2.5, raw or detokenised; with RTP text it lowers
+  both toxicity and the perplexity cost, and Ext-Sub beats the base model.
+* ``jigsaw+paradetox``: ``$TRUSTEDIT_DATA_DIR/jigsaw_toxic_nontoxic`` and ``paradetox`` (toxic
+  side vs. its neutral rewrites), detokenised and sentence-cased (``normalize_text``); each
+  sentence is cut at a word boundary, the first part is the prompt and the loss is on the rest.
 """
 
 from __future__ import annotations
@@ -56,10 +63,11 @@ class ExtSubConfig(MethodConfig):
     max_steps: int = opt(0, "Stop each adapter after this many optimiser steps (0: use epochs).")
     warmup_steps: int = opt(10, "Linear warm-up steps, then linear decay.")
     batch_size: int = opt(16, "Training batch size (sequences).")
-    train_limit: int = opt(2000, "Training sentences per side, a seeded sample (0: all; 5,000 Jigsaw + ~19k ParaDetox each).")
-    data_source: str = opt("jigsaw+paradetox", "Training text: 'jigsaw+paradetox' (sentences cut into prompt and rest) or 'rtp' "
-                           "(RealToxicityPrompts prompt -> its original continuation, toxic side Perspective >= 0.5, "
-                           "non-toxic side < 0.1; the prompts the job evaluates are excluded).")
+    train_limit: int = opt(2000, "Training texts per side, a seeded sample (0: all; rtp: ~1,170 non-toxic / ~1,630 toxic; "
+                           "jigsaw+paradetox: ~25k / ~17k).")
+    data_source: str = opt("rtp", "Training text: 'rtp' (RealToxicityPrompts prompt -> its original continuation, toxic side "
+                           "Perspective >= 0.5, non-toxic side < 0.1; the prompts the job evaluates are excluded) or "
+                           "'jigsaw+paradetox' (sentences cut into prompt and rest; on RTP its expert raised toxicity).")
     normalize_text: bool = opt(True, "Detokenise and sentence-case the training text (the toxic sides ship lower-cased and pre-tokenised, "
                                      "the ParaDetox rewrites do not), so that the adapters differ by toxicity, not typography.")
     prompt_fraction: float = opt(0.5, "Share of each training sentence's words used as the prompt; the loss is on the rest.")
