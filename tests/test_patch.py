@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from trustedit.errors import TrusteditError
-from trustedit.patch import PATCH_FORMAT, Delta, Patch, dense_patch_from
+from trustedit.patch import PATCH_FORMAT, Delta, Patch, dense_patch_from, sum_patches
 from trustedit.prompts import PromptFormat, make_pairs
 
 IDK = "I don't know."
@@ -69,6 +69,31 @@ def test_revert_dense_and_lowrank_bit_exact(tiny_llama, weights):
     weights.assert_same(model, base)
     with pytest.raises(TrusteditError):
         patch.revert(model)
+
+
+def test_sum_patches_is_the_net_change_of_applying_them_in_turn(tiny_llama, weights):
+    model = tiny_llama.model
+    base = weights.snapshot(model)
+    g = torch.Generator().manual_seed(5)
+    down = "model.layers.0.mlp.down_proj.weight"
+    q = "model.layers.1.self_attn.q_proj.weight"
+    out_f, in_f = _param(model, q).shape
+    dense = lambda: Delta("dense", {"delta": torch.randn(_param(model, down).shape, generator=g) * 1e-2})  # noqa: E731
+    parts = [Patch("a", {down: dense()}), Patch("b", {down: dense(), q: Delta("lowrank", {
+        "B": torch.randn(out_f, 2, generator=g), "A": torch.randn(2, in_f, generator=g)}, 0.5)})]
+    for p in parts:
+        p.apply(model)
+    in_turn = {k: _param(model, k).detach().clone() for k in (down, q)}
+    for p in reversed(parts):
+        p.revert(model)
+    total = sum_patches(parts, "seq")
+    assert total.method == "seq" and set(total.deltas) == {down, q}
+    assert all(d.kind == "dense" for d in total.deltas.values())
+    total.apply(model)
+    for k in (down, q):
+        assert torch.allclose(_param(model, k), in_turn[k], atol=1e-6)
+    total.revert(model)
+    weights.assert_same(model, base)
 
 
 def test_ftm_fit_leaves_model_untouched_and_reverts_bit_exact(tiny_llama, qa, weights):

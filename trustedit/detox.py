@@ -289,19 +289,6 @@ def run(opts: DetoxOptions, edit: bool = True) -> dict:
 # ---- DINM on SafeEdit ---------------------------------------------------------------------------
 
 
-def sum_patches(patches, method: str = "dinm"):
-    """One dense Patch holding, per parameter, the sum of the patches' deltas (the net change of
-    edits applied one after the other)."""
-    from trustedit.patch import Delta, Patch
-
-    total = {}
-    for p in patches:
-        for name, d in p.deltas.items():
-            t = d.tensors["delta"] * d.scale if d.kind == "dense" else (d.tensors["B"].float() @ d.tensors["A"].float()) * d.scale
-            total[name] = t.clone() if name not in total else total[name] + t
-    return Patch(method, {k: Delta("dense", {"delta": v}) for k, v in total.items()})
-
-
 def run_dinm(opts: DetoxOptions, method, cfg) -> dict:
     """``trustedit detox --method dinm``: DINM on SafeEdit (Wang et al. 2024), judged offline.
 
@@ -312,6 +299,7 @@ def run_dinm(opts: DetoxOptions, method, cfg) -> dict:
     from trustedit.data.safeedit import load_safeedit
     from trustedit.metrics.safety import make_judge
     from trustedit.models import load_model, resolve
+    from trustedit.patch import sum_patches
     from trustedit.profiling import Stages
     from trustedit.prompts import PromptFormat
     from trustedit.provenance import results_header, timing_fields
@@ -340,7 +328,7 @@ def run_dinm(opts: DetoxOptions, method, cfg) -> dict:
         res = dinm.summarize(rows, judge, cfg, max_new_tokens=opts.response_tokens,
                              fmt_name=dinm.format_name(lm.tokenizer, cfg, fmt), sequential=opts.sequential,
                              prompt_format={**fmt.describe(lm.tokenizer), "system_suffix": cfg.system_suffix})
-    patch = sum_patches(patches) if opts.sequential else None
+    patch = sum_patches(patches, "dinm") if opts.sequential else None
     layers = [r["layer"] for r in rows]
     results = {
         **results_header("detox", "safeedit", lm, method, cfg),

@@ -183,6 +183,20 @@ class Patch:
                 params[name].sub_(delta.materialise(params[name]))
 
 
+def sum_patches(patches, method: str) -> Patch:
+    """One dense Patch holding, per parameter, the sum of the patches' full deltas (the net change
+    of edits applied one after the other, as in sequential editing)."""
+    total: dict = {}
+    for p in patches:
+        for name, d in p.deltas.items():
+            if d.kind == "dense":  # as Delta.materialise: a dense delta is used as stored
+                t = d.tensors["delta"]
+            else:
+                t = (d.tensors["B"].float() @ d.tensors["A"].float()) * d.scale
+            total[name] = t.clone() if name not in total else total[name] + t
+    return Patch(method, {k: Delta("dense", {"delta": v}) for k, v in total.items()})
+
+
 def dense_patch_from(model, before: dict, method: str, manifest: dict | None = None) -> Patch:
     """Patch holding ``current - before`` for every parameter in ``before`` (a name -> tensor
     snapshot), then the model is restored to ``before`` so the caller applies the patch."""
