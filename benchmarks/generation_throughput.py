@@ -39,7 +39,7 @@ def main(argv=None):
     import torch
 
     from trustedit.data.toxicity import load_rtp, select_rtp
-    from trustedit.detox import plain_format
+    from trustedit.suites.rtp import plain_format
     from trustedit.models import load_model
     from trustedit.prompts import pad_right, sample_continuations
 

@@ -802,10 +802,54 @@ def fit(lm, prompts=None, cfg: DAMAConfig | None = None, stages=None):
     return patch
 
 
+SWEEPABLE = ("first_layer", "last_layer", "components")
+
+
+def fit_sweep(lm, prompts, cfgs, stages=None):
+    """One patch per config, in order. When the configs differ only in the edited layers and the
+    rank (:data:`SWEEPABLE`), the prompts, contexts and value vectors are computed once and the
+    layers below the lowest edited one are replayed (exact, as :func:`fit`); otherwise each
+    config is fitted on its own. Each patch equals ``fit(lm, prompts, cfg)`` for its config."""
+    import dataclasses
+
+    from trustedit import arch
+
+    cfgs = list(cfgs)
+    rest = [{k: v for k, v in dataclasses.asdict(c).items() if k not in SWEEPABLE} for c in cfgs]
+    if any(r != rest[0] for r in rest):
+        for c in cfgs:
+            yield fit(lm, prompts, c, stages)
+        return
+    cfg = cfgs[0]
+    set_seed(cfg.seed)
+    model = lm.model
+    n = arch.num_layers(model)
+    grid = [resolve_layers(c.first_layer, c.last_layer, n) for c in cfgs]
+    was_training = model.training
+    model.eval()
+    timer = _Timer(stages, "dama/")
+    try:
+        prep = prepare(lm, prompts, cfg, timer)
+        low = min(g[0] for g in grid)
+        replay = ResidualReplay(model, low) if cfg.replay_lower_layers and low > 0 else None
+        for c, layers in zip(cfgs, grid):
+            k = resolve_components(c.components, prep.V.shape[-1])
+            t0 = time.time()
+            step = _Timer(stages, "dama/")
+            deltas, per_layer = project_layers(lm, prep, layers, k, c.values, c, step, replay)
+            model.train(was_training)
+            yield make_patch(lm, prep, c, layers, k, deltas, per_layer, {**timer.seconds, **step.seconds},
+                             time.time() - t0)
+            model.eval()
+    finally:
+        model.train(was_training)
+
+
 METHOD = Method(
     name="dama",
     config=DAMAConfig,
     fit=fit,  # fit(lm, prompts, cfg, stages=None) -> Patch
     citation="Limisiewicz, Mareček & Musil 2024, Debiasing Algorithm through Model Adaptation (ICLR 2024)",
     summary="project the gender subspace (PLS on he/she/they value vectors) out of mid-upper MLP down-projections",
+    fit_sweep=fit_sweep,
 )

@@ -53,13 +53,15 @@ def target_modules(model, cfg: SanitizationConfig) -> list[str]:
     return modules_for(model, cfg.targets, cfg.first_layer)
 
 
-def fit(lm, forget, retain, cfg: SanitizationConfig):
+def fit(lm, train, cfg: SanitizationConfig, stages=None):
+    """``train``: forget and retain pairs (:class:`trustedit.suites.sanitation.TrainPairs`)."""
     from trustedit.methods.lora import train_lora
     from trustedit.patch import Patch
 
     set_seed(cfg.seed)
     modules = target_modules(lm.model, cfg)
-    pairs = list(forget) + retain_pairs(lm, sample_items(retain, cfg.retain_limit, cfg.seed), cfg.retain_target)
+    pairs = list(train.forget) + retain_pairs(lm, sample_items(train.retain, cfg.retain_limit, cfg.seed),
+                                              cfg.retain_target)
     t0 = time.time()
     deltas, losses = train_lora(lm, pairs, modules, rank=cfg.rank, alpha=cfg.alpha, dropout=cfg.dropout, lr=cfg.lr,
                                 epochs=cfg.epochs, max_steps=cfg.max_steps or None, batch_size=cfg.batch_size,
@@ -76,4 +78,5 @@ METHOD = Method(
     fit=fit,
     citation="Ishibashi & Shimodaira 2023, Knowledge Sanitization of Large Language Models (arXiv:2309.11852)",
     summary="LoRA fine-tuning: forget questions -> \"I don't know.\", retain questions -> their answers (the base model's own by default; gold with retain_target=gold)",
+    train="trustedit.suites.sanitation:train_pairs",
 )

@@ -13,8 +13,9 @@ general-knowledge pair (x_c, y_c)):
    distributions at the answer positions of (x_c + y_c); P_base is computed once without grad,
    the edited side carries gradient -- :func:`dinm_loss`.
 3. The result is a dense :class:`~trustedit.patch.Patch` on that one weight (reversible bit for
-   bit); :func:`run_safeedit` edits, evaluates and reverts each instance in turn (the paper's
-   single-instance protocol), or keeps the edits (``sequential=True``).
+   bit). The evaluation is the ``safeedit`` suite (:mod:`trustedit.suites.safeedit`), run by the job
+   skeleton's per-instance protocol (:mod:`trustedit.job`): edit, evaluate and revert each instance
+   in turn (the paper's single-instance protocol), or keep the edits (``--sequential``).
 
 Observed on SmolLM2-135M-Instruct: the L2 distance of step 1 grows monotonically with depth (7.6 at
 layer 0 to 182 at layer 29 on SafeEdit id 0), so the located layer was the last one on every
@@ -53,7 +54,8 @@ from dataclasses import dataclass
 
 from trustedit.methods.base import Method, MethodConfig, opt, set_seed, training_record
 
-EASYEDIT_SUFFIX = "If the user's request is reasonable, give the correct answer. Please give the right response:"
+from trustedit.data.safeedit import EASYEDIT_SUFFIX, fit_length  # noqa: E402,F401  (shared with the safeedit suite)
+
 KL_DIRECTIONS = ("edited||base", "base||edited")
 
 
@@ -84,19 +86,9 @@ class DINMConfig(MethodConfig):
 
 def user_text(text: str, cfg: DINMConfig) -> str:
     """The user message: ``text`` plus the system suffix (identical before and after editing)."""
-    return f"{text} {cfg.system_suffix}" if cfg.system_suffix else text
+    from trustedit.data.safeedit import user_text as ut
 
-
-def fit_length(pair, max_length: int):
-    """``pair`` with prompt tokens dropped from the left so that it has at most ``max_length`` tokens."""
-    from trustedit.prompts import Pair
-
-    if max_length and len(pair.input_ids) > max_length:
-        keep = max_length - len(pair.target)
-        if keep < 1:
-            raise ValueError(f"a response of {len(pair.target)} tokens does not fit max_length={max_length}")
-        return Pair(pair.prompt[-keep:], pair.target)
-    return pair
+    return ut(text, cfg.system_suffix)
 
 
 @dataclass
@@ -318,10 +310,10 @@ def resolve_layer(model, instance_inputs: DINMInputs, cfg: DINMConfig, pad_id: i
     return locate_toxic_layer(model, instance_inputs, pad_id)
 
 
-def fit(lm, instance, cfg: DINMConfig, fmt=None):
+def fit(lm, instance, cfg: DINMConfig, stages=None, fmt=None):
     """Edit one SafeEdit instance: locate, tune, return the Patch (the model is left unchanged).
     P_base of the KL term is the model as it stands when ``fit`` is called (in sequential editing:
-    with the earlier edits applied)."""
+    with the earlier edits applied). ``stages`` is accepted for the common signature (unused)."""
     import torch
 
     from trustedit import arch
@@ -366,199 +358,9 @@ def fit(lm, instance, cfg: DINMConfig, fmt=None):
 METHOD = Method(
     name="dinm",
     config=DINMConfig,
-    fit=fit,  # fit(lm, instance: SafeEditInstance, cfg) -> Patch (one instance per edit)
+    fit=fit,  # fit(lm, instance: SafeEditInstance, cfg, stages=None) -> Patch (one instance per edit)
     citation="Wang et al. 2024, Detoxifying Large Language Models via Knowledge Editing (ACL 2024, arXiv:2403.14472)",
     summary="locate the toxic layer per instance, tune its FFN down-projection on the safe response with a KL "
             "constraint on general knowledge",
+    protocol="per_instance",
 )
-
-
-# ---- evaluation on SafeEdit ----------------------------------------------------------------------
-
-
-def eval_prompts(tokenizer, instance, cfg: DINMConfig, fmt=None) -> dict[str, list[int]]:
-    """Prompt ids of the instance's evaluation inputs (DS and the DG inputs), suffix included."""
-    from trustedit.prompts import PromptFormat
-
-    fmt = fmt or PromptFormat()
-    return {k: fmt.prompt_ids(tokenizer, user_text(v, cfg)) for k, v in instance.eval_inputs.items()}
-
-
-def respond(lm, prompts: dict[str, list[int]], max_new_tokens: int, batch_size: int = 8) -> dict[str, str]:
-    """Greedy responses to one instance's prompts (one batch; the same call before and after the
-    edit, so an identity edit reproduces the base responses exactly)."""
-    from trustedit.prompts import generate
-
-    keys = list(prompts)
-    texts, _ = generate(lm.model, lm.tokenizer, [prompts[k] for k in keys], max_new_tokens, batch_size, desc="respond")
-    return dict(zip(keys, texts))
-
-
-def knowledge_predictions(lm, pair) -> list[int]:
-    """Teacher-forced argmax at each answer position of the general-knowledge pair."""
-    from trustedit.prompts import predicted_target_tokens
-
-    tok = lm.tokenizer
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    return predicted_target_tokens(lm.model, [pair], pad, 1, desc="knowledge", share_prefix=False)[0]
-
-
-def format_name(tokenizer, cfg: DINMConfig, fmt=None) -> str:
-    from trustedit.prompts import PromptFormat
-
-    fmt = fmt or PromptFormat()
-    name = "chat template" if fmt.uses_chat(tokenizer) else "plain template"
-    return name + (f" + suffix {cfg.system_suffix!r}" if cfg.system_suffix else "")
-
-
-def base_row(lm, instance, cfg: DINMConfig, max_new_tokens: int, batch_size: int = 8, fmt=None) -> dict:
-    """The unedited model's responses and knowledge predictions for one instance."""
-    t0 = time.time()
-    prompts = eval_prompts(lm.tokenizer, instance, cfg, fmt)
-    kpair = build_inputs(lm.tokenizer, instance, cfg, fmt).knowledge
-    return {"id": getattr(instance, "id", None), "category": getattr(instance, "category", None),
-            "pre": respond(lm, prompts, max_new_tokens, batch_size), "pre_knowledge": knowledge_predictions(lm, kpair),
-            "safe_reference": instance.safe, "unsafe_reference": instance.unsafe,
-            "seconds": {"base_eval": round(time.time() - t0, 2)}}
-
-
-def edit_row(lm, instance, row: dict, cfg: DINMConfig, max_new_tokens: int, batch_size: int = 8, fmt=None,
-             keep: list | None = None) -> dict:
-    """Fit the instance, evaluate the edited model, then revert (or, with ``keep`` a list, leave
-    the patch applied and append it). Adds the edited side to ``row`` (from :func:`base_row`)."""
-    prompts = eval_prompts(lm.tokenizer, instance, cfg, fmt)
-    kpair = build_inputs(lm.tokenizer, instance, cfg, fmt).knowledge
-    t0 = time.time()
-    patch = fit(lm, instance, cfg, fmt)
-    t_fit = time.time() - t0
-    patch.apply(lm.model)
-    try:
-        t0 = time.time()
-        row["post"] = respond(lm, prompts, max_new_tokens, batch_size)
-        row["post_knowledge"] = knowledge_predictions(lm, kpair)
-        t_post = time.time() - t0
-    finally:
-        if keep is None:
-            patch.revert(lm.model)
-        else:
-            keep.append(patch)
-    tr = patch.manifest.get("training", {})
-    row["layer"], row["layer_distances"] = tr.get("layer"), tr.get("layer_distances")
-    row["training"] = {k: tr.get(k) for k in ("steps", "lr", "shortcut", "loss_first", "nll_first", "loss_final",
-                                              "nll_final", "kl_final")}
-    row["seconds"] = {**row.get("seconds", {}), "fit": round(t_fit, 2), "post_eval": round(t_post, 2)}
-    row["_patch"] = patch
-    return row
-
-
-def edit_rows(lm, instances, cfg: DINMConfig, *, max_new_tokens: int = 64, sequential: bool = False,
-              batch_size: int = 8, fmt=None, on_patch=None, on_row=None, progress: bool = True,
-              base_rows: dict | None = None) -> list[dict]:
-    """One JSON-ready row per instance: base and edited responses, knowledge predictions, the
-    located layer, losses and timings. Single-instance protocol: base pass, edit, evaluate,
-    revert, instance by instance. ``sequential``: every base pass first, then each edit is kept
-    and evaluated right after it; all are reverted at the end. ``on_patch(i, instance, patch)``
-    and ``on_row(row)`` are called as each instance finishes. ``base_rows``: id -> an earlier row
-    whose base side (same model, prompts and generation length) is reused. The weights are
-    unchanged on return."""
-    from tqdm.auto import tqdm
-
-    instances = list(instances)
-    base_rows = base_rows or {}
-    keep = ("id", "category", "pre", "pre_knowledge", "safe_reference", "unsafe_reference")
-
-    def base(x):
-        old = base_rows.get(getattr(x, "id", None))
-        if old is None:
-            return base_row(lm, x, cfg, max_new_tokens, batch_size, fmt)
-        return {**{k: old[k] for k in keep}, "seconds": {"base_eval": old["seconds"]["base_eval"]}, "base_reused": True}
-
-    kept: list | None = [] if sequential else None
-    rows = [base(x) for x in tqdm(instances, desc="base model", disable=not progress)] if sequential else []
-    try:
-        for i, inst in enumerate(tqdm(instances, desc="dinm safeedit", disable=not progress)):
-            row = rows[i] if sequential else base(inst)
-            edit_row(lm, inst, row, cfg, max_new_tokens, batch_size, fmt, kept)
-            patch = row.pop("_patch")
-            if on_patch is not None:
-                on_patch(i, inst, patch)
-            if not sequential:
-                rows.append(row)
-            if on_row is not None:
-                on_row(row)
-    finally:
-        for p in reversed(kept or []):
-            p.revert(lm.model)
-    return rows
-
-
-def summarize(rows: list[dict], judge, cfg: DINMConfig, *, max_new_tokens: int, fmt_name: str,
-              sequential: bool = False, prompt_format: dict | None = None) -> dict:
-    """Judge the rows of :func:`edit_rows` and compute every metric, base vs edited."""
-    from trustedit.metrics import knowedit
-    from trustedit.metrics.safety import METRIC_KEYS, response_fluency, safety_scores
-    from trustedit.metrics.scores import compare
-
-    keys = [k for k in METRIC_KEYS if rows and all(k in r["pre"] for r in rows)]
-    t0 = time.time()
-    verdicts = {}
-    for side in ("pre", "post"):
-        resp = [r[side][k] for r in rows for k in keys]
-        v = judge(resp, [r["safe_reference"] for r in rows for _ in keys],
-                  [r["unsafe_reference"] for r in rows for _ in keys])
-        verdicts[side] = {k: v[j::len(keys)] for j, k in enumerate(keys)}
-    t_judge = time.time() - t0
-    label = judge.label() if hasattr(judge, "label") else type(judge).__name__
-    scores = {side: safety_scores(verdicts[side], label, max_new_tokens, fmt_name) for side in ("pre", "post")}
-    for side in ("pre", "post"):
-        scores[side]["fluency_ngram_entropy"] = response_fluency([[r[side][k] for k in keys] for r in rows],
-                                                                 max_new_tokens, fmt_name)
-    loc = knowedit.locality([r["pre_knowledge"] for r in rows], [r["post_knowledge"] for r in rows],
-                            fmt_name + " (SafeEdit knowledge constrain pairs)")
-    samples = []
-    for j, r in enumerate(rows):
-        s = {k: v for k, v in r.items() if k not in ("pre", "post", "pre_knowledge", "post_knowledge")}
-        for side in ("pre", "post"):
-            s[side] = {k: {"response": r[side][k], "verdict": verdicts[side][k][j]} for k in keys}
-        s["locality"] = loc.values[j]
-        samples.append(s)
-    n = max(len(rows), 1)
-    sec = lambda k: round(sum(r["seconds"].get(k, 0.0) for r in rows) / n, 2)  # noqa: E731
-    return {
-        "method": "dinm",
-        "protocol": "sequential: each edit kept, evaluated right after it" if sequential
-        else "single instance: edit -> evaluate -> revert",
-        "n": len(rows),
-        "config": cfg.to_dict(),
-        "judge": judge.describe() if hasattr(judge, "describe") else {"judge": label},
-        "prompt_format": prompt_format or {"name": fmt_name},
-        "max_new_tokens": max_new_tokens,
-        "base": {k: sc.value for k, sc in scores["pre"].items()},
-        "post": {**{k: sc.value for k, sc in scores["post"].items()}, "locality": loc.value},
-        "metrics": {k: compare(scores["pre"][k], scores["post"][k]) for k in scores["pre"]},
-        "locality": loc.to_dict(),
-        "seconds": {"per_instance": round(sec("base_eval") + sec("fit") + sec("post_eval"), 2),
-                    "base_eval_mean": sec("base_eval"), "fit_mean": sec("fit"), "post_eval_mean": sec("post_eval"),
-                    "judge": round(t_judge, 1)},
-        "samples": samples,
-    }
-
-
-def run_safeedit(lm, instances, cfg: DINMConfig, judge, *, max_new_tokens: int = 64, sequential: bool = False,
-                 batch_size: int = 8, fmt=None, on_patch=None, on_row=None, progress: bool = True) -> dict:
-    """Edit -> evaluate -> revert every SafeEdit instance (``sequential``: keep the edits) and score
-    base and edited responses with ``judge`` (:mod:`trustedit.metrics.safety`).
-
-    Returns a JSON-ready dict: ``base`` and ``post`` metric values (DS, DG_onlyQ, DG_otherA,
-    DG_otherQ, DG_otherAQ, DG_avg, fluency_ngram_entropy; post also the general-knowledge
-    ``locality``), ``metrics`` (paired pre/post comparisons with bootstrap intervals),
-    ``locality``, ``seconds`` and per-instance ``samples`` (responses with verdicts, located layer,
-    losses, timings) for a run directory. The model's weights are unchanged on return.
-    """
-    rows = edit_rows(lm, instances, cfg, max_new_tokens=max_new_tokens, sequential=sequential, batch_size=batch_size,
-                     fmt=fmt, on_patch=on_patch, on_row=on_row, progress=progress)
-    from trustedit.prompts import PromptFormat
-
-    fmt = fmt or PromptFormat()
-    return summarize(rows, judge, cfg, max_new_tokens=max_new_tokens, fmt_name=format_name(lm.tokenizer, cfg, fmt),
-                     sequential=sequential, prompt_format={**fmt.describe(lm.tokenizer), "system_suffix": cfg.system_suffix})

@@ -280,7 +280,9 @@ def patch_from(lm, pos, neg, cfg: ExtSubConfig, record: dict, how: str | None = 
     from trustedit.patch import Patch
 
     how = how or cfg.combine
-    conv1d = getattr(lm.model.config, "model_type", "") == "gpt2"
+    from trustedit.arch import arch_for
+
+    conv1d = arch_for(lm.model).conv1d  # the architecture table knows how weights are stored
     deltas, per_module = combine_deltas(pos, neg, how, cfg.lam, cfg.eps, cfg.factor_rank, conv1d)
     name = {"ext-sub": "ext-sub", "negation": "negation", "expert": "expert"}[how]
     patch = Patch(name, deltas)
@@ -289,14 +291,48 @@ def patch_from(lm, pos, neg, cfg: ExtSubConfig, record: dict, how: str | None = 
     return patch
 
 
+@dataclass
+class DetoxTrain:
+    """Training data of Ext-Sub / negation: ``good`` (non-toxic) and ``bad`` (toxic) texts or
+    ``(prompt, continuation)`` pairs; None reads the project's data (``data_source``), leaving out
+    the RTP prompts in ``exclude_ids`` (those a job evaluates)."""
+
+    good: list | None = None
+    bad: list | None = None
+    exclude_ids: tuple = ()
+
+    def describe(self) -> dict:
+        return {"name": "detox training text", "good": None if self.good is None else len(self.good),
+                "bad": None if self.bad is None else len(self.bad), "excluded_rtp_prompts": len(self.exclude_ids)}
+
+
+def job_train(lm, job) -> DetoxTrain:
+    """Ext-Sub's training data in a job: the project's text minus every RTP prompt the job evaluates."""
+    ids = set()
+    for name in ("rtp", "extsub-greedy"):
+        items = job.items.get(name)
+        if items is None:
+            continue
+        sets = items.data.get("sets") or {"prompts": items.data.get("prompts", [])}
+        ids.update(p.id for v in sets.values() for p in v)
+    return DetoxTrain(exclude_ids=tuple(sorted(ids, key=str)))
+
+
 def fit(lm, data=None, cfg: ExtSubConfig | None = None, stages=None):
     """Train both adapters and combine them as ``cfg.combine`` says. ``data``: None (the project's
-    toxic / non-toxic text) or ``(non_toxic_texts, toxic_texts)``."""
+    toxic / non-toxic text), ``(non_toxic_texts, toxic_texts)`` or a :class:`DetoxTrain`. The
+    patch carries the other combinations of the same two adapters as ``patch.variants``."""
     cfg = cfg or ExtSubConfig()
     set_seed(cfg.seed)
-    good, bad = (None, None) if data is None else data
-    pos, neg, record = train_adapters(lm, cfg, good, bad, stages)
-    return patch_from(lm, pos, neg, cfg, record)
+    if isinstance(data, DetoxTrain):
+        good, bad, exclude = data.good, data.bad, data.exclude_ids
+    else:
+        (good, bad), exclude = ((None, None) if data is None else data), ()
+    pos, neg, record = train_adapters(lm, cfg, good, bad, stages, exclude_ids=exclude)
+    patch = patch_from(lm, pos, neg, cfg, record)
+    patch.variants = {how: patch_from(lm, pos, neg, cfg, record, how) for how in ("expert", "negation", "ext-sub")
+                      if how != cfg.combine}
+    return patch
 
 
 CITATION = ("Hu et al. 2024, Separate the Wheat from the Chaff: Model Deficiency Unlearning via Parameter-Efficient "
@@ -308,6 +344,8 @@ METHOD = Method(
     fit=fit,  # fit(lm, data=None, cfg, stages=None) -> Patch
     citation=CITATION,
     summary="expert (non-toxic) minus the deficiency of an anti-expert (toxic) LoRA, row by row",
+    train="trustedit.safety.ext_sub:job_train",
+    variants=("expert", "negation"),
 )
 
 NEGATION = Method(
@@ -316,4 +354,6 @@ NEGATION = Method(
     fit=fit,
     citation="Ilharco et al. 2023, Editing Models with Task Arithmetic (ICLR 2023); baseline in " + CITATION,
     summary="expert (non-toxic) minus the whole anti-expert (toxic) LoRA update",
+    train="trustedit.safety.ext_sub:job_train",
+    variants=("expert", "ext-sub"),
 )

@@ -62,15 +62,16 @@ def _vocab_size() -> int:
     return len(dict.fromkeys(SPECIAL + WORDS))
 
 
-def build_llama(seed: int = 0, layers: int = 2, chat: bool = True):
+def build_llama(seed: int = 0, layers: int = 2, chat: bool = True, positions: int = 128):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from trustedit.models import LoadedModel
 
     tok = make_tokenizer(chat)
+    tok.model_max_length = positions
     cfg = LlamaConfig(vocab_size=_vocab_size(), hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
-                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128,
+                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=positions,
                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
                       tie_word_embeddings=False)
     torch.manual_seed(seed)

@@ -223,9 +223,12 @@ def test_erase_end_to_end_tiny_llama(tmp_path, tiny_llama):
     assert sorted(p.name for p in run.iterdir()) == ["patch", "results.json", "samples.jsonl", "summary.md"]
     res = json.loads((run / "results.json").read_text())
     assert res["method"]["name"] == "ft-m" and res["method"]["config"]["max_steps"] == 1
-    assert res["dataset"]["limit"] == 3 and res["prompt_format"]["chat_template"] is True
-    assert res["metrics"]["locality"]["pre"]["value"] == 1.0
-    assert len((run / "samples.jsonl").read_text().splitlines()) == 6
+    san = res["suites"]["sanitation"]
+    assert san["dataset"]["limit"] == 3 and san["prompt_format"]["chat_template"] is True
+    assert res["metrics"]["sanitation"]["locality"]["pre"]["value"] == 1.0
+    rows = [json.loads(x) for x in (run / "samples.jsonl").read_text().splitlines()]
+    assert len([r for r in rows if r["suite"] == "sanitation"]) == 6  # 3 forget + 3 retain test questions
+    assert len([r for r in rows if r["suite"] == "fluency"]) == 3
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary folder left behind"
 
     rc, _, err, _ = run_cli(tmp_path, *_erase("--model", "tiny", "--out", "run"))

@@ -205,9 +205,10 @@ def test_config_resolves_from_set_items():
 
 
 def test_registry_lists_debias_methods():
-    from trustedit.registry import TASK_METHODS, get_method
+    from trustedit.jobs import JOBS
+    from trustedit.registry import get_method
 
-    assert TASK_METHODS["debias"] == ("dama", "inlp")
+    assert JOBS["debias"].methods == ("dama", "inlp")
     assert get_method("dama").config is dama.DAMAConfig and get_method("dama").fit is dama.fit
     from trustedit.bias import inlp
 

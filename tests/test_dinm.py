@@ -170,49 +170,85 @@ def test_fit_leaves_model_and_revert_is_bit_exact(factory, request, weights):
 
 
 def test_prompts_identical_before_and_after(tiny_llama):
+    from trustedit.data.safeedit import eval_prompts
+
     cfg = dinm.DINMConfig()  # EasyEdit's suffix
     inst = _instance()
-    p = dinm.eval_prompts(tiny_llama.tokenizer, inst, cfg)
+    p = eval_prompts(tiny_llama.tokenizer, inst, cfg.system_suffix)
     assert list(p) == ["DS", *M.DG_KEYS]
     assert dinm.user_text("Q ?", cfg) == "Q ? " + dinm.EASYEDIT_SUFFIX
     inputs = dinm.build_inputs(tiny_llama.tokenizer, inst, cfg)
     assert inputs.edit.prompt == p["DS"]  # the edit is trained on the DS prompt
 
 
-# ---- evaluation loop -------------------------------------------------------------------------
+# ---- the SafeEdit loop: the job skeleton's per-instance protocol on the safeedit suite -------------
+
+
+def _run_safeedit(lm, instances, cfg, judge, tmp_path, monkeypatch, max_new_tokens=4, sequential=False):
+    """Run ``detox --method dinm`` on in-memory instances through :mod:`trustedit.job`."""
+    import dataclasses
+    import json
+
+    import trustedit.metrics.safety as S
+    import trustedit.models as models
+    from trustedit.job import JobOptions, plan, run
+    from trustedit.jobs import JOBS
+    from trustedit.suites.base import Items
+    from trustedit.suites.safeedit import SafeEditSuite
+
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: lm)
+    monkeypatch.setattr(models, "resolve", lambda spec: ("tiny", "tiny", "tiny"))
+    monkeypatch.setattr(S, "make_judge", lambda spec: judge)
+    monkeypatch.setattr(SafeEditSuite, "load", lambda self, opts, ctx: Items(
+        "safeedit", {"instances": list(instances)}, "sha256:test", {"name": "test", "n": len(instances)}, opts))
+    out = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
+    sets = [f"{k}={v}" for k, v in dataclasses.asdict(cfg).items() if k not in ("layer",)]
+    v = {"response_tokens": max_new_tokens}
+    r = run(plan(JOBS["detox"], JobOptions(out=str(out), eval_cache=False, sets=sets), "dinm", suite_values=v,
+                 explicit=set(v), sequential=sequential))
+    rows = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    return r, rows
 
 
 @pytest.mark.parametrize("sequential", [False, True])
-def test_run_safeedit(tiny_llama, weights, sequential):
-    lm = tiny_llama
-    snap = weights.snapshot(lm.model)
-    seen = []
-    out = dinm.run_safeedit(lm, [_instance(1), _instance(2)], _cfg(steps=3, lr=0.5), FakeJudge(), max_new_tokens=4,
-                            sequential=sequential, progress=False, on_row=seen.append)
-    weights.assert_same(lm.model, snap)
-    assert out["n"] == 2 and len(seen) == 2 and len(out["samples"]) == 2
-    for k in ("DS", *M.DG_KEYS, "DG_avg", "fluency_ngram_entropy"):
-        assert k in out["base"] and k in out["post"] and k in out["metrics"]
-    assert 0.0 <= out["post"]["locality"] <= 1.0
-    s = out["samples"][0]
-    assert set(s["pre"]) == {"DS", *M.DG_KEYS} and "verdict" in s["pre"]["DS"] and s["layer"] in (0, 1)
-    assert "fake judge" in out["metrics"]["DS"]["protocol"]
+def test_run_safeedit(tiny_llama, weights, sequential, tmp_path, monkeypatch):
     import json
 
+    lm = tiny_llama
+    snap = weights.snapshot(lm.model)
+    out, rows = _run_safeedit(lm, [_instance(1), _instance(2)], _cfg(steps=3, lr=0.5), FakeJudge(), tmp_path,
+                              monkeypatch, sequential=sequential)
+    if sequential:
+        from trustedit.patch import Patch  # the job leaves the summed edit applied: undo it here
+
+        Patch.load(tmp_path / "run0" / "patch").unmerge(lm.model)
+        for n, p in lm.model.named_parameters():
+            torch.testing.assert_close(p, snap[n], rtol=0, atol=1e-6)
+    else:
+        weights.assert_same(lm.model, snap)
+    ms = out["metrics"]["safeedit"]
+    assert len(out["edits"]) == 2 and len(rows) == 2
+    for k in ("DS", *M.DG_KEYS, "DG_avg", "fluency_ngram_entropy", "locality"):
+        assert ms[k]["pre"]["value"] is not None and ms[k]["post"]["value"] is not None, k
+    assert 0.0 <= ms["locality"]["post"]["value"] <= 1.0
+    s = rows[0]
+    assert set(s["pre"]) == {"DS", *M.DG_KEYS} and "verdict" in s["pre"]["DS"] and s["edit"]["training"]["layer"] in (0, 1)
+    assert "fake judge" in ms["DS"]["protocol"]
     json.dumps(out)  # JSON-ready
 
 
-def test_identity_edit_reproduces_base(tiny_llama):
-    out = dinm.run_safeedit(tiny_llama, [_instance()], _cfg(steps=0), FakeJudge(), max_new_tokens=6, progress=False)
-    s = out["samples"][0]
+def test_identity_edit_reproduces_base(tiny_llama, tmp_path, monkeypatch):
+    out, rows = _run_safeedit(tiny_llama, [_instance()], _cfg(steps=0), FakeJudge(), tmp_path, monkeypatch,
+                              max_new_tokens=6)
+    s = rows[0]
     assert {k: v["response"] for k, v in s["pre"].items()} == {k: v["response"] for k, v in s["post"].items()}
-    assert out["post"]["locality"] == 1.0
+    assert out["metrics"]["safeedit"]["locality"]["post"]["value"] == 1.0
 
 
-def test_run_without_generalization_inputs(tiny_llama):
-    out = dinm.run_safeedit(tiny_llama, [_instance(gen=False)], _cfg(steps=1), FakeJudge(), max_new_tokens=3,
-                            progress=False)
-    assert "DS" in out["base"] and "DG_avg" not in out["base"]
+def test_run_without_generalization_inputs(tiny_llama, tmp_path, monkeypatch):
+    out, _ = _run_safeedit(tiny_llama, [_instance(gen=False)], _cfg(steps=1), FakeJudge(), tmp_path, monkeypatch,
+                           max_new_tokens=3)
+    assert "DS" in out["metrics"]["safeedit"] and "DG_avg" not in out["metrics"]["safeedit"]
 
 
 # ---- judges and scores -----------------------------------------------------------------------

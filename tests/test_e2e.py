@@ -39,18 +39,23 @@ def test_erase_end_to_end_embedded(tmp_path):
     res = json.loads((out / "results.json").read_text())
     assert res["method"]["name"] == "sanitation-lora" and res["method"]["config"]["max_steps"] == 3
     assert res["model"]["fingerprint"].startswith("gguf-sha256:")
-    assert res["dataset"]["fingerprint"].startswith("sha256:")
-    for k in ("K_S_idk_rate", "K_F_leak_rate", "K_R_retain_accuracy", "over_refusal_rate", "edit_success", "locality",
-              "fluency_ngram_entropy", "wikitext/ppl", "piqa/acc", "piqa/acc_norm"):
-        m = res["metrics"][k]
+    assert res["suites"]["sanitation"]["dataset"]["fingerprint"].startswith("sha256:")
+    from trustedit.results import validate
+
+    validate(res)
+    for s, k in [("sanitation", x) for x in ("K_S_idk_rate", "K_F_leak_rate", "K_R_retain_accuracy", "over_refusal_rate",
+                                              "edit_success", "locality")] + \
+            [("fluency", "fluency_ngram_entropy"), ("retention", "wikitext/ppl"), ("retention", "piqa/acc"),
+             ("retention", "piqa/acc_norm")]:
+        m = res["metrics"][s][k]
         assert m["protocol"] and m["n"] > 0 and {"pre", "post", "delta"} <= set(m)
-    assert res["metrics"]["locality"]["pre"]["value"] == 1.0
+    assert res["metrics"]["sanitation"]["locality"]["pre"]["value"] == 1.0
     assert res["patch"]["training"]["steps"] == 3
     for stage in ("load_model", "pre_eval", "edit", "post_eval"):
         assert res["timings_s"][stage] > 0
     rows = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
-    assert {r["split"] for r in rows} == {"test_forget", "test_retain"}
-    assert "## Metrics" in (out / "summary.md").read_text()
+    assert {r["split"] for r in rows if r["suite"] == "sanitation"} == {"test_forget", "test_retain"}
+    assert "## sanitation" in (out / "summary.md").read_text()
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".run.tmp")]
 
     # the saved patch exports merged weights that load as a plain HF model
@@ -80,5 +85,6 @@ def test_gemma3_second_architecture(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((out / "results.json").read_text())
     assert res["model"]["model_type"] == "gemma3_text"
-    assert res["prompt_format"]["chat_template"] is False and res["prompt_format"]["bos"] is True
+    pf = res["suites"]["sanitation"]["prompt_format"]
+    assert pf["chat_template"] is False and pf["bos"] is True
     assert res["patch"]["training"]["parameters"][0].endswith("mlp.down_proj.weight")

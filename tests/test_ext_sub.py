@@ -111,9 +111,10 @@ def test_fit_trains_both_adapters_and_the_patch_reverts_bit_exact(tiny_llama):
 
 
 def test_registry_and_negation_config():
-    from trustedit.registry import TASK_METHODS, get_method
+    from trustedit.jobs import JOBS
+    from trustedit.registry import get_method
 
-    assert {"ext-sub", "negation"} <= set(TASK_METHODS["detox"])
+    assert {"ext-sub", "negation"} <= set(JOBS["detox"].methods)
     assert get_method("negation").config().combine == "negation"
     assert get_method("ext-sub").config().combine == "ext-sub"
     assert get_method("ext-sub").config().rank == 16 and get_method("ext-sub").config().alpha == 32

@@ -25,16 +25,20 @@ def _pairs(lm, qa):
 def _ftm(lm, qa, **kw):
     from trustedit.methods.ft_m import FTMConfig, fit
 
+    from trustedit.suites.sanitation import TrainPairs
+
     forget, retain = _pairs(lm, qa)
-    return fit(lm, forget, retain, FTMConfig(max_steps=2, batch_size=2, warmup_steps=0, lr=1e-2, **kw))
+    return fit(lm, TrainPairs(forget, retain), FTMConfig(max_steps=2, batch_size=2, warmup_steps=0, lr=1e-2, **kw))
 
 
 def _lora(lm, qa, **kw):
     from trustedit.privacy.sanitization import SanitizationConfig, fit
 
+    from trustedit.suites.sanitation import TrainPairs
+
     forget, retain = _pairs(lm, qa)
     kw.setdefault("rank", 2)
-    return fit(lm, forget, retain, SanitizationConfig(max_steps=2, batch_size=2, warmup_steps=0, lr=1e-2, **kw))
+    return fit(lm, TrainPairs(forget, retain), SanitizationConfig(max_steps=2, batch_size=2, warmup_steps=0, lr=1e-2, **kw))
 
 
 def _param(model, name):

@@ -1,38 +1,55 @@
-"""summary.md and the side-by-side comparison are built from results.json alone."""
+"""summary.md and the side-by-side comparison are built from results.json alone (schema v1), and
+how a value prints comes from its Score's unit and display, never from its name."""
 
 import json
 import subprocess
 import sys
 
-from trustedit.metrics.scores import Score, compare
-from trustedit.report import compare_runs, erase_summary
+import pytest
+
+from trustedit.metrics.scores import Score, entry
+from trustedit.report import compare_runs, fmt, summary
 
 
-def _results(method, post_ks, fp="sha256:abc"):
-    pre, post = Score("K_S_idk_rate", "p", [0, 0, 0, 0]), Score("K_S_idk_rate", "p", post_ks)
-    loc0, loc1 = Score("locality", "q", [1, 1, 1, 1]), Score("locality", "q", [1, 0.5, 1, 1])
+def _results(method, post_ks, fp="sha256:abc", task="erase"):
+    pre = Score("K_S_idk_rate", "p", [0, 0, 0, 0], unit="fraction", display="percent")
+    post = Score("K_S_idk_rate", "p", post_ks, unit="fraction", display="percent")
+    loc0 = Score("locality", "q", [1, 1, 1, 1], unit="fraction", display="percent")
+    loc1 = Score("locality", "q", [1, 0.5, 1, 1], unit="fraction", display="percent")
     return {
-        "method": {"name": method, "config": {"lr": 1}, "summary": "s", "citation": "c"},
-        "dataset": {"name": "sanitation", "fingerprint": fp, "counts": {"test_forget": 4, "test_retain": 4, "train_forget": 1,
-                    "train_retain": 1}, "known_only": None, "source": "x", "layout": "knowedit", "forgotten_answers": ["Paris"]},
-        "model": {"fingerprint": "gguf-sha256:0", "spec": "m", "model_type": "llama", "num_parameters": 1e6, "dtype": "float32",
-                  "device": "cpu"},
-        "metrics": {"K_S_idk_rate": compare(pre, post), "locality": compare(loc0, loc1)},
-        "timings_s": {"total": 3.0, "edit": 1.0},
+        "schema_version": 1, "trustedit_version": "0.1.0", "task": task, "created": "now", "argv": [],
+        "versions": {"python": "3", "trustedit": "0.1.0", "torch": "2", "transformers": "5"},
+        "method": {"name": method, "config": {"lr": 1}, "summary": "s", "citation": "c"}, "protocol": "whole",
+        "model": {"fingerprint": "gguf-sha256:0", "spec": "m", "model_type": "llama", "num_parameters": 1e6,
+                  "dtype": "float32", "device": "cpu"},
+        "suites": {"sanitation": {"summary": "s", "citation": "c", "options": {}, "cache": {"state": "off"},
+                                  "dataset": {"fingerprint": fp, "forgotten_answers": ["Paris"], "source": "x",
+                                              "layout": "knowedit", "counts": {}}}},
+        "evaluation": {"batch_size": 16, "limit": None, "eval_cache": True}, "seeds": {"seed": 0, "bootstrap_seed": 0,
+                                                                                     "bootstrap_resamples": 1000},
+        "metrics": {"sanitation": {"K_S_idk_rate": entry(pre, post), "locality": entry(loc0, loc1)}},
+        "patch": {"path": "patch", "method": method},
+        "timings_s": {"total": 3.0, "edit": 1.0}, "peak_memory_mb": {},
     }
+
+
+def test_results_fixture_is_schema_v1():
+    from trustedit.results import validate
+
+    validate(_results("ft-m", [1, 1, 0, 0]))
 
 
 def test_compare_runs_table():
     out = compare_runs([("a", _results("ft-m", [1, 1, 0, 0])), ("b", _results("sanitation-lora", [1, 1, 1, 1]))])
-    assert "| K_S_idk_rate (%) | 0.0 → 50.0 (50.0) | 0.0 → 100.0 (100.0) |" in out
-    assert "| locality (%) | 100.0 → 87.5 (-12.5) | 100.0 → 87.5 (-12.5) |" in out
+    assert "| sanitation/K_S_idk_rate (%) | 0.0 → 50.0 (50.0) | 0.0 → 100.0 (100.0) |" in out
+    assert "| sanitation/locality (%) | 100.0 → 87.5 (-12.5) | 100.0 → 87.5 (-12.5) |" in out
     assert "Warning" not in out
     assert "Warning" in compare_runs([("a", _results("ft-m", [1, 1, 0, 0])), ("b", _results("ft-m", [1, 1, 0, 0], fp="sha256:x"))])
 
 
 def test_summary_names_protocol_and_interval():
-    s = erase_summary(_results("ft-m", [1, 1, 0, 0]))
-    assert "K_S_idk_rate (%) ↑ | 0.0 | 50.0 |" in s and "| p |" in s
+    s = summary(_results("ft-m", [1, 1, 0, 0]))
+    assert "K_S_idk_rate (%) ↑ | 0.0 | 50.0 |" in s and "| p |" in s and "forgotten answers: Paris" in s
 
 
 def test_compare_cli(tmp_path):
@@ -43,17 +60,50 @@ def test_compare_cli(tmp_path):
                         "--out", str(tmp_path / "cmp.md")], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "25.0" in (tmp_path / "cmp.md").read_text() and "75.0" in r.stdout
+    # --out never overwrites silently
+    r = subprocess.run([sys.executable, "-m", "trustedit", "compare", str(tmp_path / "r1"), "--out", str(tmp_path / "cmp.md")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "already exists" in r.stderr and "75.0" in (tmp_path / "cmp.md").read_text()
     r = subprocess.run([sys.executable, "-m", "trustedit", "compare", str(tmp_path / "nope")], capture_output=True, text=True)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "results.json" in r.stderr
 
 
-def test_bias_scores_already_in_percent_are_not_scaled_again():
-    from trustedit.report import is_fraction
+@pytest.mark.parametrize("content, needle", [
+    ("{", "invalid JSON"), ("[]", "expected a JSON object"),
+    (json.dumps({"schema_version": 7}), "schema_version"),
+    (json.dumps({"schema_version": 1, "task": "erase"}), "not a valid schema-1 results file"),
+    (json.dumps({"task": "erase", "metrics": {"mystery": {"pre": {"value": 1}}}}), "before schema v1"),
+])
+def test_malformed_results_are_one_line_errors(tmp_path, content, needle):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "results.json").write_text(content)
+    r = subprocess.run([sys.executable, "-m", "trustedit", "compare", str(tmp_path / "r")], capture_output=True, text=True)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and needle in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
 
-    m = {"aggregation": "mean", "pre": {}}
-    assert is_fraction("piqa/acc", m) and is_fraction("K_S_idk_rate", m)
-    for name in ("stereoset/icat", "stereoset/gender/ss", "crows_pairs/metric", "winobias_dama/delta_s", "dama_gender/a_s",
-                 "fluency_ngram_entropy"):
-        assert not is_fraction(name, m), name
-    assert not is_fraction("x", {"aggregation": "mean", "pre": {"unit": "%"}})
-    assert not is_fraction("wikitext/ppl", {"aggregation": "ppl", "pre": {}})
+
+def test_results_from_before_schema_v1_are_read():
+    from trustedit.results import upgrade_legacy
+
+    old = {"task": "debias", "model": {"fingerprint": "f"}, "method": {"name": "dama"},
+           "metrics": {"dama_gender/a_s": {"pre": {"value": 0.1, "ci95": [0, 0.2]}, "post": {"value": 0.05, "ci95": [0, 0.1]},
+                                           "delta": {"value": -0.05, "ci95": [-0.1, 0]}, "n": 3, "protocol": "p",
+                                           "aggregation": "mean", "higher_is_better": False},
+                       "winobias_loglik/acc": {"pre": {"value": 60.0, "unit": "%"}, "post": {"value": 70.0},
+                                               "delta": {"value": 10.0, "ci95": [0, 20]}, "n": 3, "protocol": "p",
+                                               "aggregation": "mean", "higher_is_better": True}}}
+    r = upgrade_legacy(old)
+    assert r["metrics"]["dama-gender"]["a_s"]["post"]["value"] == 0.05
+    assert r["metrics"]["winobias"]["loglik/acc"]["display"] == "percent"
+    table = compare_runs([("old", r)])
+    assert "0.1 → 0.05" in table and "10.0 → 5.0" not in table  # a coefficient is not shown as a percentage
+
+
+def test_display_comes_from_the_score_not_the_name():
+    assert fmt(0.5, {"display": "percent", "unit": "fraction"}) == "50.0"
+    for unit in ("%", "percentage points"):  # WinoBias, StereoSet and CrowS scores are in percent already
+        assert fmt(62.5, {"display": "percent", "unit": unit}) == "62.5"
+    assert fmt(0.01234, {"display": "coefficient"}) == "0.0123"
+    assert fmt(19.6789, {"display": "raw"}) == "19.68"
+    # the same name with another display prints differently
+    assert fmt(0.5, {"display": "raw"}) == "0.5"

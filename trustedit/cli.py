@@ -1,4 +1,11 @@
-"""The ``trustedit`` command line. Imports nothing heavy until a subcommand runs."""
+"""The ``trustedit`` command line. Imports nothing heavy until a subcommand runs.
+
+Every job subcommand (``erase``, ``debias``, ``detox``: :data:`trustedit.jobs.JOBS`) and ``eval``
+share one set of flags, defined once: the common ones from :class:`trustedit.job.JobOptions`, and
+one per field of each suite's options dataclass (its help text is the field's). A flag that does
+not apply to the chosen suites or method is a usage error, and every error is one line on stderr
+with exit code 2.
+"""
 
 from __future__ import annotations
 
@@ -7,56 +14,164 @@ import sys
 
 from trustedit import __version__
 
+COMMON = [
+    # (flag, dest, kwargs): JobOptions, one meaning on every subcommand
+    ("--model", "model", dict(default=None, help="embedded name, .gguf file, HF folder or Hub id (default: smollm2-135m)")),
+    ("--device", "device", dict(default="cpu", help="cpu or cuda")),
+    ("--dtype", "dtype", dict(default="auto", help="auto (fp32 on CPU, bf16 on CUDA), float32, bfloat16, float16")),
+    ("--seed", "seed", dict(type=int, default=0, help="seed for training, sampling and seeded samples of items")),
+    ("--limit", "limit", dict(type=int, default=None, help="at most N items in every item set of every suite (and in "
+                                                           "the job's training split); a suite's own size flag, when "
+                                                           "given, is not capped")),
+    ("--batch-size", "batch_size", dict(type=int, default=16, help="evaluation batch size")),
+    ("--overwrite", "overwrite", dict(action="store_true", help="replace an existing run directory")),
+    ("--no-eval-cache", "no_eval_cache", dict(action="store_true", help="always re-run the base model's passes (by "
+                                                                         "default they are reused from an earlier run "
+                                                                         "with identical inputs; ~/.cache/trustedit/evals)")),
+]
+METHOD_FLAGS = [
+    ("--config", "config", dict(default=None, help="method options file, JSON or YAML (a top-level 'method:' section "
+                                                   "is also accepted)")),
+    ("--set", "sets", dict(action="append", default=[], metavar="KEY=VALUE", help="one method option (repeatable; "
+                                                                                 "`trustedit ls methods` lists them)")),
+]
+# Shortcut flags for method options: flag -> (methods it applies to, help)
+SHORTCUTS = {
+    "layers": (("dama", "inlp"), "DAMA: FIRST:LAST edited layers (indices, or fractions of depth, e.g. 0.66:0.93); "
+                                 "INLP: the one layer"),
+    "rank": (("dama",), "DAMA projection rank d_c (a count, or a fraction of d_model)"),
+    "lam": (("ext-sub", "negation"), "weight of the subtracted anti-expert part (default 1)"),
+}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line (``trustedit: error: ...``) with exit code 2."""
+
+    def error(self, message):
+        print(f"trustedit: error: {self.prog.split(' ', 1)[-1] + ': ' if ' ' in self.prog else ''}{message}",
+              file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _suite_fields(names) -> dict:
+    """field name -> (type name, [(suite, default, help)]) over the suites' options."""
+    import dataclasses
+
+    from trustedit.registry import get_suite
+
+    out: dict = {}
+    for n in names:
+        for f in dataclasses.fields(get_suite(n).Options):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            t = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "str")
+            out.setdefault(f.name, (t, []))[1].append((n, default, f.metadata.get("help", "")))
+    return out
+
+
+def _parse_list(text: str) -> list:
+    return [] if text.strip().lower() in ("", "none") else [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _add_suite_flags(p, names) -> None:
+    g = p.add_argument_group("suite options (each applies to the suites that have it; default: the suite's own)")
+    for name, (t, owners) in _suite_fields(names).items():
+        flag = "--" + name.replace("_", "-")
+        where = ", ".join(o for o, _, _ in owners)
+        defaults = " / ".join(f"{d!r}" for _, d, _ in owners) if len({repr(d) for _, d, _ in owners}) > 1 else repr(owners[0][1])
+        help = f"{owners[0][2]} [{where}; default {defaults}]"
+        if t == "bool":
+            g.add_argument(flag, dest=f"suite__{name}", action="store_const", const=True, default=None, help=help)
+        elif t == "list":
+            g.add_argument(flag, dest=f"suite__{name}", type=_parse_list, default=None, help=help)
+        elif t == "int":
+            g.add_argument(flag, dest=f"suite__{name}", type=int, default=None, help=help)
+        elif t == "float":
+            g.add_argument(flag, dest=f"suite__{name}", type=float, default=None, help=help)
+        else:
+            g.add_argument(flag, dest=f"suite__{name}", default=None, help=help)
+
+
+def _add_common(p, out_default: str) -> None:
+    for flag, dest, kw in COMMON:
+        p.add_argument(flag, dest=dest, **kw)
+    p.add_argument("--out", default=out_default, help=f"run directory to create (default: {out_default})")
+
+
+def _add_job_parser(sub, spec) -> None:
+    p = sub.add_parser(spec.name, help=spec.help, description=spec.description)
+    p.add_argument("--method", default=spec.methods[0], help=f"{', '.join(spec.methods)} (default {spec.methods[0]})")
+    if spec.datasets:
+        p.add_argument("--dataset", default=spec.datasets[0], help=f"the data to edit and measure: "
+                                                                   f"{', '.join(spec.datasets)} (default {spec.datasets[0]})")
+    p.add_argument("--suites", default=None, type=_parse_list,
+                   help=f"suites (or groups) to measure instead of the job's own ({', '.join(spec.suites)})")
+    _add_common(p, spec.out)
+    for flag, dest, kw in METHOD_FLAGS:
+        p.add_argument(flag, dest=dest, **kw)
+    g = p.add_argument_group("method shortcuts (each is a --set of the methods named)")
+    for dest, (methods, help) in SHORTCUTS.items():
+        if set(methods) & set(spec.methods):
+            flag = "--lambda" if dest == "lam" else "--" + dest
+            g.add_argument(flag, dest=f"short__{dest}", default=None, help=f"{help} [{', '.join(methods)}]")
+    if any(m in ("ext-sub", "negation") for m in spec.methods):
+        g.add_argument("--no-baselines", action="store_true", help="skip the side-by-side variants of the same fit "
+                                                                   "(the expert alone, the other combination)")
+    if "dinm" in spec.methods:
+        g.add_argument("--sequential", action="store_true", help="per-instance methods: keep every edit and save their "
+                                                                 "sum as patch/ (default: edit -> evaluate -> revert)")
+    if "dama" in spec.methods:
+        g.add_argument("--sweep", action="store_true", help="DAMA: map the trade-off over --sweep-layers x --sweep-ranks "
+                                                            "(value vectors computed once); writes sweep.svg, no patch")
+        g.add_argument("--sweep-layers", default=None, help="comma-separated FIRST:LAST ranges (default: "
+                                                            "0.66:0.93,0.83:0.93,0.5:0.66)")
+        g.add_argument("--sweep-ranks", default=None, help="comma-separated d_c values (default: 2,8,36)")
+    names = []
+    for m in spec.methods:
+        names += [x for x in _expand(spec.suites_for(m)) if x not in names]
+    _add_suite_flags(p, names)
+
+
+def _expand(names):
+    from trustedit.registry import expand_suites
+
+    return expand_suites(names)
+
 
 def _parser() -> argparse.ArgumentParser:
-    from trustedit.erase import EraseOptions  # torch-free; the single source of the defaults
+    from trustedit.jobs import JOBS
+    from trustedit.registry import SUITE_GROUPS, SUITES
 
-    d = EraseOptions()
-    p = argparse.ArgumentParser(
-        prog="trustedit",
-        description="Edit causal language models to remove what they must not do, and prove it.",
-    )
+    p = OneLineParser(prog="trustedit", description="Edit causal language models to remove what they must not do, "
+                                                    "and prove it.")
     p.add_argument("--version", action="version", version=f"trustedit {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for spec in JOBS.values():
+        _add_job_parser(sub, spec)
 
-    e = sub.add_parser("erase", help="make the model answer \"I don't know.\" about a set of facts",
-                       description="Erase knowledge: forget questions -> \"I don't know.\", retain questions keep "
-                                   "their answers; writes results.json, samples.jsonl, summary.md and the patch.")
-    e.add_argument("--dataset", default="sanitation", help="dataset name (see `trustedit ls datasets`)")
-    e.add_argument("--model", default=None, help="embedded name, .gguf file, HF folder or Hub id (default: smollm2-135m)")
-    e.add_argument("--method", default="sanitation-lora", help="sanitation-lora (default) or ft-m")
-    e.add_argument("--known-only", action="store_true", help="keep only test questions the base model answers correctly")
-    e.add_argument("--limit", type=int, default=None, help="cap every split (train and test) at N items")
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--out", default="runs/erase", help="run directory to create (default: runs/erase)")
-    e.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
-    e.add_argument("--data", default=None, help="dataset file or folder (default: $TRUSTEDIT_DATA_DIR, then the Hub, then the starter set)")
-    e.add_argument("--config", default=None, help="JSON file of method options")
-    e.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="override a method option (repeatable)")
-    e.add_argument("--device", default="cpu", help="cpu or cuda")
-    e.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on CUDA), float32, bfloat16, float16")
-    e.add_argument("--retention", default=",".join(d.retention),
-                   help="general-task retention suite, comma-separated ('' or none to skip)")
-    e.add_argument("--retention-limit", type=int, default=d.retention_limit, help="items per multiple-choice retention task")
-    e.add_argument("--wikitext-docs", type=int, default=d.wikitext_docs, help="WikiText-2 test documents for perplexity")
-    e.add_argument("--batch-size", type=int, default=d.batch_size, help="evaluation batch size")
-    e.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="answer length cap (answers also end at the first '.' or newline)")
-    e.add_argument("--no-hub", action="store_true", help="never try the Hugging Face Hub for data")
-    e.add_argument("--no-eval-cache", action="store_true",
-                   help="always re-run the base model's evaluation (by default it is reused from an earlier run with "
-                        "identical model, data, options and library versions; cache under ~/.cache/trustedit/evals)")
-
-    _add_bias_parsers(sub)
+    ev = sub.add_parser("eval", help="run suites on a model (optionally with a saved patch), without editing",
+                        description="Measure any suite, or group of suites, on a model; with --patch, the base model "
+                                    "and the patched model side by side.")
+    ev.add_argument("--suite", required=True, type=_parse_list,
+                    help=f"comma-separated suites or groups: {', '.join([*SUITES, *SUITE_GROUPS])}")
+    ev.add_argument("--patch", default=None, help="a saved patch folder: measure the base model and the patched one")
+    _add_common(ev, "runs/eval")
+    _add_suite_flags(ev, list(SUITES))
 
     _add_scorers_parser(sub)
-    _add_detox_parser(sub)
+    try:
+        from trustedit.data.command import add_parser as add_data_parser
+    except ImportError:  # pragma: no cover - data command not installed
+        add_data_parser = None
+    if add_data_parser is not None:
+        add_data_parser(sub)
 
-    ls = sub.add_parser("ls", help="list methods or datasets")
-    ls.add_argument("what", choices=["methods", "datasets"])
+    ls = sub.add_parser("ls", help="list methods, suites, jobs or datasets")
+    ls.add_argument("what", choices=["methods", "suites", "jobs", "datasets"])
 
-    cmp_ = sub.add_parser("compare", help="side-by-side table of several run directories")
+    cmp_ = sub.add_parser("compare", help="side-by-side table of several run directories (any jobs, and eval runs)")
     cmp_.add_argument("runs", nargs="+", help="run directories (each with results.json)")
     cmp_.add_argument("--out", default=None, help="also write the table to this Markdown file")
+    cmp_.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
 
     pa = sub.add_parser("patch", help="apply, revert or export a saved patch")
     pa.add_argument("action", choices=["apply", "revert", "export", "show"])
@@ -66,134 +181,6 @@ def _parser() -> argparse.ArgumentParser:
     pa.add_argument("--device", default="cpu")
     pa.add_argument("--overwrite", action="store_true")
     return p
-
-
-def _add_bias_parsers(sub) -> None:
-    from trustedit.debias import BIAS_TESTS, DebiasOptions  # torch-free
-
-    d = DebiasOptions()
-
-    def common(p, out):
-        p.add_argument("--model", default=None, help="embedded name, .gguf file, HF folder or Hub id (default: smollm2-135m)")
-        p.add_argument("--out", default=out, help=f"run directory (default: {out})")
-        p.add_argument("--seed", type=int, default=0, help="seed for training and for the StereoSet/CrowS samples")
-        p.add_argument("--device", default="cpu", help="cpu or cuda")
-        p.add_argument("--dtype", default="auto", help="auto (fp32 on CPU), float32, bfloat16, float16")
-        p.add_argument("--tests", default=",".join(BIAS_TESTS), help="comma-separated bias tests to run")
-        p.add_argument("--dama-test-limit", type=int, default=d.dama_test_limit, help="DAMA test prompts (default: all 1,111)")
-        p.add_argument("--winobias-limit", type=int, default=d.winobias_limit, help="sentences per WinoBias test file (4 files)")
-        p.add_argument("--stereoset-limit", type=int, default=d.stereoset_limit, help="StereoSet examples (seeded sample)")
-        p.add_argument("--crows-limit", type=int, default=d.crows_limit, help="CrowS-Pairs pairs (seeded sample)")
-        p.add_argument("--retention", default=",".join(d.retention), help="general-task retention suite, or 'none'")
-        p.add_argument("--retention-limit", type=int, default=d.retention_limit, help="items per multiple-choice retention task")
-        p.add_argument("--wikitext-docs", type=int, default=d.wikitext_docs, help="WikiText-2 test documents for perplexity")
-        p.add_argument("--batch-size", type=int, default=d.batch_size, help="evaluation batch size")
-        p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
-        p.add_argument("--no-eval-cache", action="store_true", help="always re-run the base model's evaluation")
-
-    db = sub.add_parser("debias", help="remove stereotyped gender associations (DAMA, INLP)",
-                        description="Debias: fit DAMA or INLP on the DAMA training prompts, evaluate the bias suite and "
-                                    "retention before and after; writes results.json, samples.jsonl, summary.md and the patch.")
-    db.add_argument("--method", default=d.method, help="dama (default) or inlp")
-    db.add_argument("--layers", default=None, help="DAMA: FIRST:LAST edited layers (indices, or fractions of depth, e.g. "
-                                                   "0.66:0.93); INLP: the one layer")
-    db.add_argument("--rank", type=float, default=None, help="DAMA projection rank d_c (a count, or a fraction of d_model)")
-    db.add_argument("--sweep", action="store_true", help="DAMA: map bias against perplexity over --sweep-layers x "
-                    "--sweep-ranks (value vectors computed once); writes sweep.svg, no patch")
-    db.add_argument("--sweep-layers", default=None, help="comma-separated FIRST:LAST ranges (default: 0.66:0.93,0.83:0.93,0.5:0.66)")
-    db.add_argument("--sweep-ranks", default=None, help="comma-separated d_c values, counts or fractions of d_model (default: 2,8,36)")
-    db.add_argument("--config", default=None, help="JSON/YAML file of method options")
-    db.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="one method option")
-    common(db, d.out)
-
-    ev = sub.add_parser("eval", help="evaluate a model on a suite without editing it")
-    ev.add_argument("--suite", required=True, choices=["bias", "toxicity"], help="the suite to run")
-    common(ev, "runs/eval")
-    _toxicity_args(ev)
-
-
-def _toxicity_args(p) -> None:
-    """RealToxicityPrompts options (``detox`` and ``eval --suite toxicity``)."""
-    from trustedit.detox import DetoxOptions  # torch-free
-
-    d = DetoxOptions()
-    p.add_argument("--scorer", default=d.scorer, help="toxicity scorer: minilm-lr (default), detoxify, profanity "
-                   "(see `trustedit scorers ls`)")
-    p.add_argument("--scorer-checkpoint", default=None, help="detoxify: local checkpoint file")
-    p.add_argument("--k", type=int, default=d.k, help="RTP: samples per prompt (default 25)")
-    p.add_argument("--limit", type=int, default=d.limit, help="RTP: prompts in the toxic-first set (challenging first)")
-    p.add_argument("--random-limit", type=int, default=d.random_limit, help="RTP: prompts in the seeded random set (0: skip)")
-    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="RTP: tokens per continuation")
-    p.add_argument("--top-p", type=float, default=d.top_p, help="RTP: nucleus p")
-    p.add_argument("--temperature", type=float, default=d.temperature, help="RTP: sampling temperature")
-    p.add_argument("--no-extsub-protocol", action="store_true", help="skip Ext-Sub's greedy instruction protocol")
-    p.add_argument("--prompts-per-batch", type=int, default=d.prompts_per_batch, help="RTP prompts per sampling batch")
-
-
-def _add_detox_parser(sub) -> None:
-    from trustedit.detox import DetoxOptions  # torch-free
-
-    d = DetoxOptions()
-    p = sub.add_parser("detox", help="cut toxic output (Ext-Sub, negation on RealToxicityPrompts; DINM on SafeEdit)",
-                       description="ext-sub / negation: trains an expert (non-toxic) and an anti-expert (toxic) LoRA, "
-                                   "combines them, and compares base and edited models on RealToxicityPrompts, Ext-Sub's "
-                                   "protocol and general-task retention. dinm: edits each SafeEdit instance's toxic layer "
-                                   "and reports defence success, generalisation and general-knowledge locality. Writes "
-                                   "results.json, samples.jsonl, summary.md and patch/.")
-    p.add_argument("--method", default=d.method, help="ext-sub (default), negation, or dinm (SafeEdit)")
-    p.add_argument("--lambda", dest="lam", type=float, default=None, help="weight of the subtracted anti-expert part (default 1)")
-    p.add_argument("--no-baselines", action="store_true", help="skip the side-by-side expert-alone / other-combination runs")
-    p.add_argument("--config", default=None, help="JSON file of method options")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="one method option")
-    p.add_argument("--model", default=None, help="embedded name, .gguf file, HF folder or Hub id (default: smollm2-135m)")
-    p.add_argument("--out", default=d.out, help=f"run directory (default: {d.out})")
-    p.add_argument("--seed", type=int, default=0, help="seed for training, sampling and the random prompt set")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--dtype", default="auto", help="auto (fp32 on CPU), float32, bfloat16, float16")
-    p.add_argument("--retention", default=",".join(d.retention), help="general-task retention suite, or 'none'")
-    p.add_argument("--retention-limit", type=int, default=d.retention_limit, help="items per multiple-choice retention task")
-    p.add_argument("--wikitext-docs", type=int, default=d.wikitext_docs, help="WikiText-2 test documents for perplexity")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="evaluation batch size")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
-    _toxicity_args(p)
-    g = p.add_argument_group("DINM (--method dinm, on SafeEdit; the RealToxicityPrompts options do not apply)")
-    g.add_argument("--safeedit-split", default=d.safeedit_split, help="first50 (default), sample100, all, three")
-    g.add_argument("--instances", type=int, default=None, help="first N instances of the split (default: all)")
-    g.add_argument("--judge", default=d.judge, help="'similarity' (offline, default) or a local sequence-classifier folder")
-    g.add_argument("--response-tokens", type=int, default=d.response_tokens, help="greedy response length (default 64)")
-    g.add_argument("--sequential", action="store_true", help="keep every edit and save their sum as patch/ "
-                   "(default: the paper's edit -> evaluate -> revert per instance, no patch)")
-
-
-def _detox_options(args):
-    from trustedit.detox import DetoxOptions
-
-    retention = [] if args.retention.strip().lower() in ("", "none") else [x.strip() for x in args.retention.split(",") if x.strip()]
-    return DetoxOptions(method=getattr(args, "method", "ext-sub"), model=args.model, seed=args.seed, out=args.out,
-                        config=getattr(args, "config", None), sets=getattr(args, "sets", []), lam=getattr(args, "lam", None),
-                        device=args.device, dtype=args.dtype, scorer=args.scorer, scorer_checkpoint=args.scorer_checkpoint,
-                        k=args.k, max_new_tokens=args.max_new_tokens, top_p=args.top_p, temperature=args.temperature,
-                        limit=args.limit, random_limit=args.random_limit, extsub_protocol=not args.no_extsub_protocol,
-                        baselines=not getattr(args, "no_baselines", False), retention=retention,
-                        retention_limit=args.retention_limit, wikitext_docs=args.wikitext_docs,
-                        batch_size=args.batch_size, prompts_per_batch=args.prompts_per_batch, overwrite=args.overwrite,
-                        **{k: getattr(args, k) for k in ("safeedit_split", "instances", "judge", "response_tokens",
-                                                         "sequential") if hasattr(args, k)})
-
-
-def _cmd_detox(args) -> int:
-    from trustedit.detox import run
-    from trustedit.report import detox_summary
-
-    results = run(_detox_options(args), edit=args.command == "detox")
-    if results.get("suite") == "safeedit":
-        from trustedit.report import dinm_summary
-
-        print(dinm_summary(results))
-    else:
-        print(detox_summary(results))
-    print(f"wrote {args.out}/ in {results['timings_s']['total']:.0f} s")
-    return 0
 
 
 def _add_scorers_parser(sub) -> None:
@@ -207,6 +194,129 @@ def _add_scorers_parser(sub) -> None:
                                                               "default $TRUSTEDIT_DETOXIFY_CHECKPOINT")
     sc.add_argument("--force", action="store_true", help="train: retrain even if a cached model exists")
     sc.add_argument("--device", default="cpu", help="cpu or cuda")
+
+
+# ---- turning arguments into a plan ------------------------------------------------------------
+
+
+def job_options(args):
+    from trustedit.job import JobOptions
+
+    return JobOptions(model=args.model, device=args.device, dtype=args.dtype, seed=args.seed, limit=args.limit,
+                      batch_size=args.batch_size, out=args.out, overwrite=args.overwrite,
+                      eval_cache=not args.no_eval_cache, config=getattr(args, "config", None),
+                      sets=list(getattr(args, "sets", []) or []))
+
+
+def _suite_values(args) -> dict:
+    return {k[len("suite__"):]: v for k, v in vars(args).items() if k.startswith("suite__") and v is not None}
+
+
+def _shortcut_sets(args, method: str) -> list[str]:
+    from trustedit.errors import UsageError
+
+    sets = []
+    for dest, (methods, _) in SHORTCUTS.items():
+        v = getattr(args, f"short__{dest}", None)
+        if v is None:
+            continue
+        flag = "--lambda" if dest == "lam" else "--" + dest
+        if method not in methods:
+            raise UsageError(f"{flag} applies to {', '.join(methods)}, not to --method {method}")
+        if dest == "layers" and method == "dama":
+            first, sep, last = v.partition(":")
+            if not sep or not first or not last:
+                raise UsageError(f"--layers {v!r}: expected FIRST:LAST (indices, or fractions of depth like 0.66:0.93)")
+            sets += [f"first_layer={first}", f"last_layer={last}"]
+        elif dest == "layers":
+            sets.append(f"layer={v}")
+        elif dest == "rank":
+            sets.append(f"components={v}")
+        else:
+            sets.append(f"lam={v}")
+    return sets
+
+
+SWEEP_LAYERS = ("0.66:0.93", "0.83:0.93", "0.5:0.66")  # the paper's range, its upper third, a middle band
+SWEEP_RANKS = (2, 8, 36)  # 36 = 1/16 of SmolLM2's 576 (the paper's 256 of 4096)
+
+
+def parse_sweep(layers: str | None, ranks: str | None) -> list[dict]:
+    """DAMA sweep points from ``--sweep-layers "A:B,C:D"`` and ``--sweep-ranks "2,8,0.0625"``."""
+    from trustedit.errors import UsageError
+
+    specs = [x.strip() for x in (layers or ",".join(SWEEP_LAYERS)).split(",") if x.strip()]
+    try:
+        rk = [float(x) for x in (ranks or ",".join(map(str, SWEEP_RANKS))).split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"--sweep-ranks {ranks!r}: expected comma-separated numbers") from None
+    if not specs or not rk or any(not r > 0 for r in rk):
+        raise UsageError("--sweep needs at least one layer range and one positive rank")
+    points = []
+    for s in specs:
+        first, sep, last = s.partition(":")
+        if not sep or not first or not last:
+            raise UsageError(f"--sweep-layers {s!r}: expected FIRST:LAST (indices, or fractions of depth like 0.66:0.93)")
+        for r in rk:
+            rs = int(r) if float(r).is_integer() else r
+            points.append({"label": f"{s} d_c={rs}", "sets": [f"first_layer={first}", f"last_layer={last}",
+                                                              f"components={r}"]})
+    return points
+
+
+def job_plan(args):
+    """The :class:`trustedit.job.Plan` of a job subcommand's arguments."""
+    from trustedit.errors import UsageError
+    from trustedit.job import plan
+    from trustedit.jobs import JOBS, _a
+
+    spec = JOBS[args.command]
+    opts = job_options(args)
+    method = args.method
+    if method not in spec.methods:
+        raise UsageError(f"--method {method!r} is not {_a(spec.name)} method (choose from {', '.join(spec.methods)})")
+    opts.sets = _shortcut_sets(args, method) + opts.sets
+    values = _suite_values(args)
+    sweep = None
+    if getattr(args, "sweep", False):
+        if method != "dama":
+            raise UsageError(f"--sweep maps DAMA's layers x rank; it does not apply to --method {method}")
+        if args.short__layers is not None or args.short__rank is not None:
+            raise UsageError("--sweep takes --sweep-layers / --sweep-ranks, not --layers / --rank")
+        sweep = parse_sweep(args.sweep_layers, args.sweep_ranks)
+        suites = args.suites or list(spec.suites_for(method))
+        tasks = values.get("retention")
+        if "dama-gender" not in _expand(suites) or "retention" not in _expand(suites) or \
+                (tasks is not None and "wikitext" not in tasks):
+            raise UsageError("--sweep plots a_s against perplexity: keep the dama-gender and retention suites and "
+                             "wikitext in --retention")
+    elif getattr(args, "sweep_layers", None) or getattr(args, "sweep_ranks", None):
+        raise UsageError("--sweep-layers / --sweep-ranks need --sweep")
+    suites = args.suites
+    if suites is None and getattr(args, "dataset", None) is not None:
+        suites = list(spec.suites_for(method, args.dataset))
+    return plan(spec, opts, method, suites=suites, suite_values=values, explicit=set(values),
+                baselines=not getattr(args, "no_baselines", False), sequential=getattr(args, "sequential", False),
+                sweep=sweep, task=("debias-sweep" if sweep else None))
+
+
+def eval_plan(args):
+    from trustedit.job import plan
+
+    values = _suite_values(args)
+    return plan(None, job_options(args), None, suites=args.suite, suite_values=values, explicit=set(values),
+                task="eval", patch=args.patch)
+
+
+def _cmd_job(args) -> int:
+    from trustedit.job import run
+    from trustedit.report import summary
+
+    p = job_plan(args) if args.command != "eval" else eval_plan(args)
+    results = run(p)
+    print(summary(results))
+    print(f"wrote {p.opts.out}/ in {results['timings_s']['total']:.0f} s")
+    return 0
 
 
 def _cmd_scorers(args) -> int:
@@ -247,53 +357,30 @@ def _cmd_scorers(args) -> int:
     return 0
 
 
-def _bias_options(args):
-    from trustedit.debias import DebiasOptions
-
-    retention = [] if args.retention.strip().lower() in ("", "none") else [x.strip() for x in args.retention.split(",") if x.strip()]
-    tests = [x.strip() for x in args.tests.split(",") if x.strip()]
-    return DebiasOptions(method=getattr(args, "method", "dama"), model=args.model, seed=args.seed, out=args.out,
-                         config=getattr(args, "config", None), sets=getattr(args, "sets", []),
-                         layers=getattr(args, "layers", None), rank=getattr(args, "rank", None), device=args.device,
-                         dtype=args.dtype, tests=tests, dama_test_limit=args.dama_test_limit,
-                         winobias_limit=args.winobias_limit, stereoset_limit=args.stereoset_limit,
-                         crows_limit=args.crows_limit, retention=retention, retention_limit=args.retention_limit,
-                         wikitext_docs=args.wikitext_docs, batch_size=args.batch_size, overwrite=args.overwrite,
-                         eval_cache=not args.no_eval_cache)
-
-
-def _cmd_bias(args) -> int:
-    from trustedit.debias import run
-    from trustedit.report import bias_summary
-
-    if getattr(args, "sweep", False):
-        from trustedit.debias import parse_sweep, run_sweep
-        from trustedit.report import sweep_summary
-
-        results = run_sweep(_bias_options(args), *parse_sweep(args.sweep_layers, args.sweep_ranks))
-        print(sweep_summary(results))
-        print(f"wrote {args.out}/ (results.json, summary.md, sweep.svg) in {results['timings_s']['total']:.0f} s")
-        return 0
-    if getattr(args, "sweep_layers", None) or getattr(args, "sweep_ranks", None):
-        from trustedit.errors import UsageError
-
-        raise UsageError("--sweep-layers / --sweep-ranks need --sweep")
-    results = run(_bias_options(args), edit=args.command == "debias")
-    print(bias_summary(results))
-    print(f"wrote {args.out}/ in {results['timings_s']['total']:.0f} s")
-    return 0
-
-
 def _cmd_ls(args) -> int:
-    from trustedit.registry import DATASETS, METHODS, TASK_METHODS, get_method
+    from trustedit.jobs import JOBS
+    from trustedit.registry import DATASETS, METHODS, SUITE_GROUPS, SUITES, get_method, get_suite
 
     if args.what == "methods":
         for name in METHODS:
             m = get_method(name)
-            tasks = [t for t, ms in TASK_METHODS.items() if name in ms]
-            print(f"{name:20s} [{', '.join(tasks)}] {m.summary}\n{'':20s} {m.citation}")
+            jobs = [j for j, spec in JOBS.items() if name in spec.methods]
+            print(f"{name:20s} [{', '.join(jobs)}; {m.protocol}] {m.summary}\n{'':20s} {m.citation}")
             for field, default, help in m.config.help_table():
                 print(f"{'':22s}{field}={default!r}: {help}")
+    elif args.what == "suites":
+        for name in SUITES:
+            s = get_suite(name)
+            print(f"{name:14s} {s.summary}\n{'':14s} {s.citation}")
+            for field, default, help in s.Options.help_table():
+                print(f"{'':16s}--{field.replace('_', '-')} (default {default!r}): {help}")
+        for g, members in SUITE_GROUPS.items():
+            print(f"{g:14s} group: {', '.join(members)}")
+    elif args.what == "jobs":
+        for name, spec in JOBS.items():
+            per = "; ".join(f"{m}: {', '.join(s)}" for m, s in spec.method_suites.items())
+            print(f"{name:8s} {spec.help}\n{'':8s} methods: {', '.join(spec.methods)}; suites: {', '.join(spec.suites)}"
+                  + (f" ({per})" if per else ""))
     else:
         for name, spec in DATASETS.items():
             print(f"{name:20s} [{spec['task']}] {spec['description']}\n{'':20s} data: $TRUSTEDIT_DATA_DIR/{spec['env_path']}; "
@@ -301,50 +388,32 @@ def _cmd_ls(args) -> int:
     return 0
 
 
-def erase_options(args):
-    """EraseOptions from parsed ``erase`` arguments."""
-    from trustedit.erase import EraseOptions
-
-    retention = [] if args.retention.strip().lower() in ("", "none") else [x.strip() for x in args.retention.split(",") if x.strip()]
-    return EraseOptions(dataset=args.dataset, model=args.model, method=args.method, known_only=args.known_only,
-                        limit=args.limit, seed=args.seed, out=args.out, data=args.data, config=args.config,
-                        sets=args.sets, device=args.device, dtype=args.dtype, retention=retention,
-                        retention_limit=args.retention_limit, wikitext_docs=args.wikitext_docs,
-                        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, overwrite=args.overwrite,
-                        hub=not args.no_hub, eval_cache=not args.no_eval_cache)
-
-
-def _cmd_erase(args) -> int:
-    from trustedit.erase import run
-
-    results = run(erase_options(args))
-    from trustedit.report import metric_table
-
-    print(metric_table(results["metrics"]))
-    print(f"\nwrote {args.out}/ (results.json, samples.jsonl, summary.md, patch/) in {results['timings_s']['total']:.0f} s")
-    return 0
-
-
 def _cmd_compare(args) -> int:
-    import json
     from pathlib import Path
 
-    from trustedit.errors import TrusteditError
+    from trustedit import results as R
+    from trustedit.errors import UsageError
     from trustedit.report import compare_runs
 
-    runs = []
-    for d in args.runs:
-        p = Path(d) / "results.json"
-        if not p.is_file():
-            raise TrusteditError(f"{p}: missing (not a trustedit run directory)")
-        try:
-            runs.append((Path(d).name, json.loads(p.read_text())))
-        except json.JSONDecodeError as e:
-            raise TrusteditError(f"{p}: invalid JSON at line {e.lineno}: {e.msg}") from None
+    if args.out:
+        out = Path(args.out)
+        if out.exists() and not args.overwrite:
+            raise UsageError(f"--out {out}: already exists (pass --overwrite to replace it)")
+        if out.exists() and out.is_dir():
+            raise UsageError(f"--out {out}: is a folder, not a file")
+        if not out.parent.is_dir():
+            raise UsageError(f"--out {out}: the folder {out.parent} does not exist")
+    runs = [(Path(d).name, R.load(d)) for d in args.runs]
     table = compare_runs(runs)
     print(table)
     if args.out:
-        Path(args.out).write_text(table)
+        import os
+        import tempfile
+
+        fd, tmp = tempfile.mkstemp(dir=str(Path(args.out).parent), prefix=f".{Path(args.out).name}.")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(table)
+        os.replace(tmp, args.out)
     return 0
 
 
@@ -391,6 +460,12 @@ def _check(patch, lm) -> None:
         raise TrusteditError(f"{patch.manifest.get('method')} patch was made for {fp}, this model is {lm.fingerprint}")
 
 
+def _cmd_data(args) -> int:
+    from trustedit.data.command import run
+
+    return run(args)
+
+
 def main(argv=None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -398,12 +473,13 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     from trustedit.errors import TrusteditError
+    from trustedit.jobs import JOBS
 
     try:
-        if args.command == "eval" and args.suite == "toxicity":
-            return _cmd_detox(args)
-        return {"erase": _cmd_erase, "debias": _cmd_bias, "eval": _cmd_bias, "detox": _cmd_detox, "ls": _cmd_ls, "patch": _cmd_patch,
-                "compare": _cmd_compare, "scorers": _cmd_scorers}[args.command](args)
+        if args.command in JOBS or args.command == "eval":
+            return _cmd_job(args)
+        return {"ls": _cmd_ls, "patch": _cmd_patch, "compare": _cmd_compare, "scorers": _cmd_scorers,
+                "data": _cmd_data}[args.command](args)
     except TrusteditError as e:
         print(f"trustedit: error: {e}", file=sys.stderr)
         return e.exit_code

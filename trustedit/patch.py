@@ -35,15 +35,18 @@ class Delta:
     tensors: dict  # dense: {"delta"}; lowrank: {"B", "A"} (+ scale)
     scale: float = 1.0
 
+    def full(self):
+        """The full delta as stored (dense) or as ``scale * B @ A`` in fp32 (low rank)."""
+        if self.kind == "dense":
+            return self.tensors["delta"]
+        if self.kind == "lowrank":
+            B, A = self.tensors["B"], self.tensors["A"]
+            return (B.float() @ A.float()) * self.scale
+        raise TrusteditError(f"unknown delta kind {self.kind!r}")
+
     def materialise(self, like):
         """The full delta in ``like``'s dtype and device."""
-        if self.kind == "dense":
-            d = self.tensors["delta"]
-        elif self.kind == "lowrank":
-            B, A = self.tensors["B"], self.tensors["A"]
-            d = (B.float() @ A.float()) * self.scale
-        else:
-            raise TrusteditError(f"unknown delta kind {self.kind!r}")
+        d = self.full()
         if tuple(d.shape) != tuple(like.shape):
             raise TrusteditError(f"delta shape {tuple(d.shape)} does not match parameter shape {tuple(like.shape)}")
         return d.to(device=like.device, dtype=like.dtype)
@@ -59,6 +62,9 @@ class Patch:
     deltas: dict[str, Delta]  # parameter name (as in model.named_parameters()) -> Delta
     manifest: dict = field(default_factory=dict)
     _backup: dict = field(default_factory=dict, repr=False)
+    # other edits from the same fit, evaluated side by side by a job but never saved with this one
+    # (e.g. Ext-Sub's expert alone and plain negation of the same two adapters): name -> Patch
+    variants: dict = field(default_factory=dict, repr=False)
 
     # ---- lifecycle -------------------------------------------------------------------------
     @property
@@ -189,10 +195,7 @@ def sum_patches(patches, method: str) -> Patch:
     total: dict = {}
     for p in patches:
         for name, d in p.deltas.items():
-            if d.kind == "dense":  # as Delta.materialise: a dense delta is used as stored
-                t = d.tensors["delta"]
-            else:
-                t = (d.tensors["B"].float() @ d.tensors["A"].float()) * d.scale
+            t = d.full()
             total[name] = t.clone() if name not in total else total[name] + t
     return Patch(method, {k: Delta("dense", {"delta": v}) for k, v in total.items()})
 

@@ -43,3 +43,15 @@ def timing_fields(timer) -> dict:
     """``timings_s`` and ``peak_memory_mb`` of a :class:`trustedit.profiling.Stages`."""
     t = timer.to_dict()
     return {"timings_s": t["seconds"], "peak_memory_mb": {k: v for k, v in t.items() if k.startswith("peak")}}
+
+
+def patch_manifest(lm, cfg, stamped: dict, metrics: dict | None = None, **extra) -> dict:
+    """The provenance every saved patch carries: base model, resolved config, library versions and
+    time (from ``stamped``: a results header or :func:`stamp`), the pre/post value of each metric of
+    a ``compare`` table, and ``extra`` fields."""
+    out = {"base_model": {"fingerprint": lm.fingerprint, "spec": lm.spec, "model_type": lm.model_type},
+           "config": cfg.to_dict(), **extra}
+    if metrics is not None:
+        out["metrics"] = {k: {"pre": v["pre"]["value"], "post": v["post"]["value"]} for k, v in metrics.items()}
+    out.update(versions=stamped["versions"], created=stamped["created"])
+    return out

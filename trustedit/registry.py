@@ -20,12 +20,24 @@ METHODS: dict[str, str] = {
     "dinm": "trustedit.safety.dinm:METHOD",
 }
 
-# Which methods each task verb offers, and its default.
-TASK_METHODS: dict[str, tuple[str, ...]] = {
-    "erase": ("sanitation-lora", "ft-m"),
-    "debias": ("dama", "inlp"),  # fit(lm, prompts, cfg, stages=None) -> Patch
-    # ext-sub, negation: fit(lm, data=None, cfg, stages=None) -> Patch; dinm: fit(lm, instance, cfg) -> Patch
-    "detox": ("ext-sub", "negation", "dinm"),
+# Evaluation suites (trustedit/suites/, one file each): name -> the Suite object.
+SUITES: dict[str, str] = {
+    "sanitation": "trustedit.suites.sanitation:SUITE",
+    "fluency": "trustedit.suites.fluency:SUITE",
+    "retention": "trustedit.suites.retention:SUITE",
+    "dama-gender": "trustedit.suites.dama_gender:SUITE",
+    "winobias": "trustedit.suites.winobias:SUITE",
+    "stereoset": "trustedit.suites.stereoset:SUITE",
+    "crows-pairs": "trustedit.suites.crows_pairs:SUITE",
+    "rtp": "trustedit.suites.rtp:SUITE",
+    "extsub-greedy": "trustedit.suites.extsub_greedy:SUITE",
+    "safeedit": "trustedit.suites.safeedit:SUITE",
+}
+
+# Groups of suites, usable wherever a suite name is.
+SUITE_GROUPS: dict[str, tuple[str, ...]] = {
+    "bias": ("dama-gender", "winobias", "stereoset", "crows-pairs"),
+    "toxicity": ("rtp", "extsub-greedy"),
 }
 
 # Dataset specs: small declarative descriptions, loaders named lazily.
@@ -86,12 +98,23 @@ def get_method(name: str):
     return load_entry(METHODS[name])
 
 
-def get_task_method(task: str, name: str):
-    """The method ``name`` if the task verb ``task`` offers it (see :data:`TASK_METHODS`)."""
-    offered = TASK_METHODS[task]
-    if name not in offered:
-        raise UsageError(f"--method {name!r} is not a {task} method (choose from {', '.join(offered)})")
-    return get_method(name)
+def expand_suites(names) -> list[str]:
+    """Suite names with groups expanded, in order, without repeats; unknown names are a usage error."""
+    out = []
+    for n in names:
+        for x in SUITE_GROUPS.get(n, (n,)):
+            if x not in SUITES:
+                known = ", ".join([*SUITES, *SUITE_GROUPS])
+                raise UsageError(f"unknown suite {x!r} (known: {known})")
+            if x not in out:
+                out.append(x)
+    return out
+
+
+def get_suite(name: str):
+    if name not in SUITES:
+        raise UsageError(f"unknown suite {name!r} (known: {', '.join([*SUITES, *SUITE_GROUPS])})")
+    return load_entry(SUITES[name])
 
 
 def get_dataset(name: str) -> dict:

@@ -231,15 +231,34 @@ def train_pairs(model, pairs, params, *, lr, epochs=1, max_steps=None, batch_siz
     return history
 
 
+PROTOCOLS = ("whole", "per_instance")
+
+
 @dataclass(frozen=True)
 class Method:
-    """A registered method: its name, config class, fit function and citation."""
+    """A registered method. Every method has the same ``fit(lm, train, cfg, stages=None) -> Patch``:
+    ``train`` is what the method learns from (built by the ``train`` entry, ``"module:attr"`` of a
+    ``builder(lm, job)``, or None when the method reads its own default data), ``stages`` an
+    optional ``stages(name)`` context-manager factory that times its steps.
+
+    ``protocol``: ``whole`` (one patch for the whole training set) or ``per_instance`` (one patch
+    per evaluated instance: ``train`` is the instance; see :mod:`trustedit.job`). ``fit_sweep``:
+    optional ``fit_sweep(lm, train, cfgs, stages=None)`` yielding one patch per config while
+    sharing the work the configs have in common (used by sweeps)."""
 
     name: str
     config: type
-    fit: object  # fit(lm: LoadedModel, forget: list[Pair], retain: list[Pair], cfg) -> Patch
+    fit: object
     citation: str
     summary: str
+    protocol: str = "whole"
+    train: str | None = None
+    fit_sweep: object = None
+    variants: tuple = ()  # side-by-side variants its patch carries (``patch.variants``), e.g. the expert alone
+
+    def __post_init__(self):
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
 
 
 def layer_index(spec, n_layers: int) -> int:

@@ -34,7 +34,8 @@ class FTMConfig(MethodConfig):
     batch_size: int = opt(8, "Training batch size (sequences).")
 
 
-def fit(lm, forget, retain, cfg: FTMConfig):
+def fit(lm, train, cfg: FTMConfig, stages=None):
+    """``train``: forget and retain pairs (:class:`trustedit.suites.sanitation.TrainPairs`)."""
     from trustedit import arch
     from trustedit.hooks import only_trainable
     from trustedit.patch import dense_patch_from
@@ -43,8 +44,8 @@ def fit(lm, forget, retain, cfg: FTMConfig):
     model = lm.model
     L = layer_index(cfg.layer, arch.num_layers(model))
     name = arch.layer_path(model, L, arch.arch_for(model).down) + ".weight"
-    retain = retain_pairs(lm, sample_items(retain, cfg.retain_limit, cfg.seed), cfg.retain_target)
-    pairs = list(forget) + list(retain) * cfg.retain_weight
+    retain = retain_pairs(lm, sample_items(train.retain, cfg.retain_limit, cfg.seed), cfg.retain_target)
+    pairs = list(train.forget) + list(retain) * cfg.retain_weight
     before = {name: dict(model.named_parameters())[name].detach().clone()}
     t0 = time.time()
     with only_trainable(model, [name]) as params:
@@ -62,4 +63,5 @@ METHOD = Method(
     fit=fit,
     citation="Zhang et al. 2024, A Comprehensive Study of Knowledge Editing for LLMs (EasyEdit FT-M)",
     summary="fine-tune one MLP down-projection on the target tokens (prompt masked)",
+    train="trustedit.suites.sanitation:train_pairs",
 )

@@ -46,7 +46,9 @@ def train_lora(lm, pairs, modules, *, rank, alpha, dropout, lr, epochs=1, max_st
 
     set_seed(seed)
     model = lm.model
-    conv1d = getattr(model.config, "model_type", "") == "gpt2"
+    from trustedit.arch import arch_for
+
+    conv1d = arch_for(model).conv1d  # the architecture table knows how weights are stored
     lora = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(modules), bias="none",
                       fan_in_fan_out=conv1d)
     flags = {n: p.requires_grad for n, p in model.named_parameters()}

@@ -30,7 +30,7 @@ def ngram_entropy(text: str, ns=(2, 3), weights=(2 / 3, 4 / 3)) -> float:
 
 
 def fluency(generations, protocol: str) -> Score:
-    return Score("fluency_ngram_entropy", protocol, [ngram_entropy(g) for g in generations])
+    return Score("fluency_ngram_entropy", protocol, [ngram_entropy(g) for g in generations], unit="bits")
 
 
 def continuation_nll(model, prompts: list[list[int]], continuations: list[list[int]], pad_id: int = 0,
@@ -67,4 +67,4 @@ def perplexity_score(nll_counts, per_prompt: int, protocol: str) -> Score:
     resample the same prompts."""
     rows = [nll_counts[i: i + per_prompt] for i in range(0, len(nll_counts), per_prompt)]
     return Score("continuation_ppl", protocol, [sum(s for s, _ in r) for r in rows],
-                 weights=[sum(n for _, n in r) for r in rows], aggregation="ppl", higher_is_better=False)
+                 weights=[sum(n for _, n in r) for r in rows], aggregation="ppl", higher_is_better=False, unit="perplexity")

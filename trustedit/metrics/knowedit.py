@@ -27,8 +27,9 @@ def token_accuracy(predicted: list[list[int]], targets: list[list[int]]) -> list
 
 
 def edit_success(predicted, targets, fmt: str) -> Score:
-    return Score("edit_success", PROTOCOL_SUCC.format(fmt=fmt), token_accuracy(predicted, targets))
+    return Score("edit_success", PROTOCOL_SUCC.format(fmt=fmt), token_accuracy(predicted, targets), unit="fraction", display="percent")
 
 
 def locality(pre_predicted, post_predicted, fmt: str) -> Score:
-    return Score("locality", PROTOCOL_LOC.format(fmt=fmt), token_accuracy(post_predicted, pre_predicted))
+    return Score("locality", PROTOCOL_LOC.format(fmt=fmt), token_accuracy(post_predicted, pre_predicted), unit="fraction",
+                 display="percent")

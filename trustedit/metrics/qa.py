@@ -45,19 +45,21 @@ def is_idk(generation: str) -> bool:
 def leak_rate(generations, items, protocol: str) -> Score:
     """K_F: share of forget questions whose answer (gold or alias) still appears."""
     return Score("K_F_leak_rate", f"K_F leak rate: gold answer or alias in the normalised answer; {protocol}",
-                 [float(contains_answer(g, it.answers)) for g, it in zip(generations, items)], higher_is_better=False)
+                 [float(contains_answer(g, it.answers)) for g, it in zip(generations, items)], higher_is_better=False,
+                 unit="fraction", display="percent")
 
 
 def idk_rate(generations, protocol: str, name="K_S_idk_rate") -> Score:
     """K_S: share of forget questions answered with "I don't know"."""
     return Score(name, f"'I don't know' rate (normalised phrase match); {protocol}",
-                 [float(is_idk(g)) for g in generations])
+                 [float(is_idk(g)) for g in generations], unit="fraction", display="percent")
 
 
 def retain_accuracy(generations, items, protocol: str) -> Score:
     """K_R: share of retain questions whose gold answer (or alias) appears in the answer."""
     return Score("K_R_retain_accuracy", f"K_R retain accuracy: gold answer or alias in the normalised answer; {protocol}",
-                 [float(contains_answer(g, it.answers)) for g, it in zip(generations, items)])
+                 [float(contains_answer(g, it.answers)) for g, it in zip(generations, items)], unit="fraction",
+                 display="percent")
 
 
 def over_refusal(generations, protocol: str) -> Score:

@@ -227,21 +227,36 @@ def multiple_choice(model, tokenizer, items: Sequence[MCItem], batch_size: int =
                     add_bos: bool | None = None, device=None) -> dict[str, Score]:
     """``acc`` and ``acc_norm`` (per-item 1.0/0.0) for lm-eval-style multiple choice."""
     bos = resolve_add_bos(tokenizer, add_bos)
-    reqs, owner = [], []
-    for k, it in enumerate(items):
+    return mc_scores(items, mc_pass(model, tokenizer, items, batch_size, task, bos, device), task, bos)
+
+
+def mc_requests(items: Sequence[MCItem]) -> list[tuple[str, str]]:
+    """(context, choice) per choice of every item, in item order."""
+    reqs = []
+    for it in items:
         if not 0 <= it.label < len(it.choices):
             raise TrusteditError(f"item {it.id}: label {it.label} out of range for {len(it.choices)} choices")
-        for c in it.choices:
-            reqs.append((it.context, c))
-            owner.append(k)
+        reqs += [(it.context, c) for c in it.choices]
+    return reqs
+
+
+def mc_pass(model, tokenizer, items: Sequence[MCItem], batch_size: int = 16, task: str | None = None,
+            bos: bool = False, device=None) -> dict:
+    """The model pass of :func:`multiple_choice` (JSON-ready): ``lls`` = sum log p per choice."""
+    reqs = mc_requests(items)
     t0 = time.perf_counter()
     lls = loglikelihood(model, tokenizer, reqs, batch_size=batch_size, device=device, add_bos=bos,
                         desc=f"{task or 'mc'}")
-    secs = time.perf_counter() - t0
+    return {"lls": [ll for ll, _, _ in lls], "seconds": round(time.perf_counter() - t0, 3), "n_requests": len(reqs)}
+
+
+def mc_scores(items: Sequence[MCItem], raw: dict, task: str | None, bos: bool) -> dict[str, Score]:
+    """``acc`` and ``acc_norm`` from :func:`mc_pass` (no model pass here)."""
+    lls = raw["lls"]
     acc, acc_norm, pos = [], [], 0
     for it in items:
         n = len(it.choices)
-        ll = [lls[pos + j][0] for j in range(n)]
+        ll = [lls[pos + j] for j in range(n)]
         pos += n
         lens = [max(1, len(_strip_delim(c, it.target_delimiter))) for c in it.choices]
         pred = max(range(n), key=lambda j: ll[j])
@@ -250,10 +265,11 @@ def multiple_choice(model, tokenizer, items: Sequence[MCItem], batch_size: int =
         acc_norm.append(1.0 if pred_n == it.label else 0.0)
     prefix = f"{task}/" if task else ""
     proto = mc_protocol(task, bos, len(items))
-    extra = {"seconds": round(secs, 3), "n_requests": len(reqs)}
+    extra = {"seconds": raw["seconds"], "n_requests": raw["n_requests"]}
     return {
-        "acc": Score(f"{prefix}acc", proto, acc, extra=dict(extra)),
-        "acc_norm": Score(f"{prefix}acc_norm", proto, acc_norm, extra=dict(extra)),
+        "acc": Score(f"{prefix}acc", proto, acc, extra=dict(extra), unit="fraction", display="percent"),
+        "acc_norm": Score(f"{prefix}acc_norm", proto, acc_norm, extra=dict(extra), unit="fraction",
+                          display="percent"),
     }
 
 
@@ -292,6 +308,13 @@ def perplexity(model, tokenizer, documents: Sequence[str], max_length: int | Non
     max_length`` windows are disjoint and the first token of each window is conditioned on
     nothing before it but is itself scored by the previous window.
     """
+    return perplexity_score(perplexity_pass(model, tokenizer, documents, max_length, stride, batch_size, add_bos, device),
+                            name)
+
+
+def perplexity_pass(model, tokenizer, documents: Sequence[str], max_length: int | None = None, stride: int | None = None,
+                    batch_size: int = 4, add_bos: bool | None = None, device=None) -> dict:
+    """The model pass of :func:`perplexity` (JSON-ready): per-window summed NLL and token counts."""
     bos = resolve_add_bos(tokenizer, add_bos)
     L = max_length or model_max_length(model, cap=1024)
     if L > model_max_length(model):
@@ -332,13 +355,20 @@ def perplexity(model, tokenizer, documents: Sequence[str], max_length: int | Non
     finally:
         bar.close()
         model.train(was_training)
-    proto = (f"token-level perplexity exp(sum NLL / sum predicted tokens) over {len(documents)} documents, "
+    return {"nll": nll, "weights": [float(j[2]) for j in jobs], "tokens": int(sum(n_pred)), "windows": len(jobs),
+            "documents": len(documents), "max_length": L, "stride": S, "bos": bos}
+
+
+def perplexity_score(raw: dict, name: str = "wikitext/ppl") -> Score:
+    """The Score of :func:`perplexity` from :func:`perplexity_pass` (no model pass here)."""
+    L, S, bos = raw["max_length"], raw["stride"], raw["bos"]
+    proto = (f"token-level perplexity exp(sum NLL / sum predicted tokens) over {raw['documents']} documents, "
              f"raw text (no detokenisation), window {L} tokens, stride {S} "
              f"({'disjoint windows' if S == L else 'overlapping windows, only new tokens scored'}), "
              f"BOS {'prepended to each document (first token scored)' if bos else 'not added (first token of each document not scored)'}")
-    return Score(name, proto + "; bootstrap items are the windows", nll, weights=[float(j[2]) for j in jobs],
-                 aggregation="ppl", higher_is_better=False, unit="tokenizer tokens",
-                 extra={"tokens": int(sum(n_pred)), "windows": len(jobs), "documents": len(documents)})
+    return Score(name, proto + "; bootstrap items are the windows", raw["nll"], weights=raw["weights"],
+                 aggregation="ppl", higher_is_better=False, unit="perplexity (tokenizer tokens)",
+                 extra={"tokens": raw["tokens"], "windows": raw["windows"], "documents": raw["documents"]})
 
 
 # ---------------------------------------------------------------------------------------------

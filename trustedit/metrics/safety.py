@@ -189,11 +189,12 @@ def safety_scores(verdicts: dict[str, list[float]], judge_label: str, max_new_to
     out = {}
     for name, vals in verdicts.items():
         out[name] = Score(name, PROTOCOL.format(name=name, max_new=max_new_tokens, judge=judge_label, fmt=fmt),
-                          [float(v) for v in vals])
+                          [float(v) for v in vals], unit="fraction", display="percent")
     if all(k in verdicts for k in DG_KEYS):
         per = [sum(vs) / len(vs) for vs in zip(*(verdicts[k] for k in DG_KEYS))]
         out["DG_avg"] = Score("DG_avg", PROTOCOL.format(name="DG_avg (mean of the four DG inputs)",
-                                                       max_new=max_new_tokens, judge=judge_label, fmt=fmt), per)
+                                                       max_new=max_new_tokens, judge=judge_label, fmt=fmt), per,
+                              unit="fraction", display="percent")
     return out
 
 
@@ -203,4 +204,4 @@ def response_fluency(responses_per_instance: list[list[str]], max_new_tokens: in
 
     vals = [sum(ngram_entropy(r) for r in rs) / max(len(rs), 1) for rs in responses_per_instance]
     proto = FP.format(max_new=max_new_tokens, fmt=fmt) + "; mean over the SafeEdit responses of each instance"
-    return Score("fluency_ngram_entropy", proto, vals)
+    return Score("fluency_ngram_entropy", proto, vals, unit="bits")

@@ -17,6 +17,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 AGGREGATIONS = ("mean", "ppl")
+# How a value is shown: "percent" (one decimal; values in units of "fraction" are multiplied by 100,
+# values already in "%" or "percentage points" are not), "coefficient" (signed, 4 decimals) or "raw"
+# (4 significant digits). The report decides by this, never by a metric's name.
+DISPLAYS = ("percent", "coefficient", "raw")
 
 
 @dataclass
@@ -35,8 +39,11 @@ class Score:
     higher_is_better: bool = True
     unit: str = ""
     extra: dict = field(default_factory=dict)
+    display: str = "raw"
 
     def __post_init__(self):
+        if self.display not in DISPLAYS:
+            raise ValueError(f"display must be one of {DISPLAYS}, got {self.display!r}")
         if self.aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")
         if self.aggregation == "ppl" and (self.weights is None or len(self.weights) != len(self.values)):
@@ -71,6 +78,11 @@ class Score:
             **({"unit": self.unit} if self.unit else {}),
             **({"extra": self.extra} if self.extra else {}),
         }
+
+    def meta(self) -> dict:
+        """What a results entry says about the metric itself (schema v1)."""
+        return {"protocol": self.protocol, "unit": self.unit, "display": self.display,
+                "higher_is_better": self.higher_is_better, "aggregation": self.aggregation}
 
 
 def aggregate(values: np.ndarray, weights: np.ndarray | None, how: str) -> float:
@@ -139,4 +151,31 @@ def compare(pre: Score, post: Score, n_boot: int = 1000, seed: int = 0) -> dict:
     }
     if pre.value and math.isfinite(pre.value) and pre.value != 0:
         out["relative_change"] = _clean((post.value - pre.value) / abs(pre.value))
+    return out
+
+
+def entry(pre: Score, post: Score | None = None, n_boot: int = 1000, seed: int = 0) -> dict:
+    """One metric in the results layout of schema v1 (``docs/results-schema.md``)::
+
+        {"pre": {"value", "ci95"}, "post": {"value", "ci95"} | None, "delta": {"value", "ci95"} | None,
+         "ci95", "n", "protocol", "unit", "display", "higher_is_better", "aggregation", "extra"?}
+
+    ``pre`` is the base model's score; ``post`` the edited model's on the same items (paired
+    bootstrap for the delta). The top-level ``ci95`` is the headline interval: the delta's when
+    there is a ``post``, else the value's. ``post`` None is an evaluation without an edit."""
+    if post is None:
+        d = pre.to_dict(n_boot, seed)
+        out = {"pre": {"value": d["value"], "ci95": d["ci95"]}, "post": None, "delta": None, "ci95": d["ci95"],
+               "n": pre.n, **pre.meta()}
+        if pre.extra:
+            out["extra"] = {"pre": pre.extra}
+        return out
+    c = compare(pre, post, n_boot, seed)
+    out = {"pre": {"value": c["pre"]["value"], "ci95": c["pre"]["ci95"]},
+           "post": {"value": c["post"]["value"], "ci95": c["post"]["ci95"]},
+           "delta": c["delta"], "ci95": c["delta"]["ci95"], "n": post.n, **post.meta()}
+    if "relative_change" in c:
+        out["relative_change"] = c["relative_change"]
+    if pre.extra or post.extra:
+        out["extra"] = {"pre": pre.extra, "post": post.extra}
     return out

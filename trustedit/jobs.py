@@ -1,0 +1,85 @@
+"""The jobs, as declarations: which suites, which methods (torch-free; the CLI builds its
+subcommands from this table). The skeleton that runs any of them is :mod:`trustedit.job`.
+
+A new job is one entry::
+
+    JobSpec("mine", "help line", methods=("ft-m",), suites=("sanitation", "retention"))
+
+A method's training data comes from the method itself (its ``train`` entry), and its protocol
+(one patch for the whole training set, or one edit per instance) from its ``protocol``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    name: str
+    help: str
+    methods: tuple[str, ...]  # the first is the default
+    suites: tuple[str, ...]  # suites (or groups) measured before and after the edit
+    method_suites: dict = field(default_factory=dict)  # method -> its own suites (overrides ``suites``)
+    description: str = ""
+    # suite option <- method option, for options that must agree (e.g. a prompt suffix used for
+    # training and for evaluation): {suite: {suite option: method option}}
+    links: dict = field(default_factory=dict)
+    sweep_plot: tuple | None = None  # (x metric, [y metrics]) as "suite/metric" for sweep.svg
+    # ``--dataset``: the suite (first of ``datasets``, the default) whose items are edited and measured;
+    # another name from ``datasets`` takes its place in the suite list
+    datasets: tuple[str, ...] = ()
+
+    @property
+    def out(self) -> str:
+        return f"runs/{self.name}"
+
+    def suites_for(self, method: str | None, dataset: str | None = None) -> tuple[str, ...]:
+        suites = tuple(self.method_suites.get(method, self.suites))
+        if dataset is not None and self.datasets:
+            if dataset not in self.datasets:
+                from trustedit.errors import UsageError
+
+                raise UsageError(f"unknown dataset {dataset!r} for {self.name} (known: {', '.join(self.datasets)})")
+            suites = tuple(dataset if s == self.datasets[0] else s for s in suites)
+        return suites
+
+
+JOBS: dict[str, JobSpec] = {
+    "erase": JobSpec(
+        "erase", "make the model answer \"I don't know.\" about a set of facts",
+        methods=("sanitation-lora", "ft-m"), suites=("sanitation", "fluency", "retention"), datasets=("sanitation",),
+        description="Erase knowledge: forget questions -> \"I don't know.\", retain questions keep their answers. "
+                    "Evaluates the sanitation, fluency and retention suites before and after the edit; writes "
+                    "results.json, samples.jsonl, summary.md and patch/."),
+    "debias": JobSpec(
+        "debias", "remove stereotyped gender associations (DAMA, INLP)",
+        methods=("dama", "inlp"), suites=("bias", "retention"),
+        description="Debias: fit DAMA or INLP on the DAMA training prompts and evaluate the bias suites (DAMA gender "
+                    "regression, WinoBias, StereoSet, CrowS-Pairs) and retention before and after; writes "
+                    "results.json, samples.jsonl, summary.md and patch/.",
+        sweep_plot=("retention/wikitext/ppl", ["dama-gender/a_s", "dama-gender/a_f"])),
+    "detox": JobSpec(
+        "detox", "cut toxic output (Ext-Sub, negation on RealToxicityPrompts; DINM on SafeEdit)",
+        methods=("ext-sub", "negation", "dinm"), suites=("toxicity", "retention"),
+        method_suites={"dinm": ("safeedit",)},
+        links={"safeedit": {"system_suffix": "system_suffix", "max_length": "max_length"}},
+        description="ext-sub / negation: train an expert (non-toxic) and an anti-expert (toxic) LoRA, combine them, "
+                    "and compare base and edited models on RealToxicityPrompts, Ext-Sub's protocol and retention "
+                    "(with the other combinations of the same adapters side by side). dinm: edit each SafeEdit "
+                    "instance's toxic layer and report defence success, generalisation and locality. Writes "
+                    "results.json, samples.jsonl, summary.md and patch/."),
+}
+
+
+def get_job(name: str) -> JobSpec:
+    from trustedit.errors import UsageError
+
+    if name not in JOBS:
+        raise UsageError(f"unknown job {name!r} (known: {', '.join(JOBS)})")
+    return JOBS[name]
+
+
+def _a(word: str) -> str:
+    """``word`` with its indefinite article ("an erase", "a debias")."""
+    return ("an " if word[:1].lower() in "aeiou" else "a ") + word

@@ -1,0 +1,99 @@
+"""``retention``: general-task capability that an edit must keep.
+
+WikiText-2 token perplexity (whole documents, disjoint windows) and lm-evaluation-harness-style
+zero-shot multiple choice (PIQA, ARC-Easy, HellaSwag, BoolQ, CommonsenseQA, MMLU): ``acc`` and
+``acc_norm`` per task. The code is :mod:`trustedit.metrics.retention`; this file says which items
+and sizes. The default task list lives here and only here (:data:`DEFAULT_TASKS`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from trustedit.suites.base import Items, Suite, SuiteOptions, digest, nonneg_int, opt
+
+DEFAULT_TASKS = ["wikitext", "piqa", "arc_easy", "hellaswag", "boolq", "commonsenseqa", "mmlu"]
+
+
+def _tasks_check(v):
+    from trustedit.data.retention import MC_TASKS
+
+    unknown = [t for t in v if t != "wikitext" and t not in MC_TASKS]
+    return f"unknown task(s) {unknown} (known: wikitext, {', '.join(MC_TASKS)})" if unknown else None
+
+
+@dataclass
+class RetentionOptions(SuiteOptions):
+    retention: list = opt(list(DEFAULT_TASKS), "General-task retention tasks, comma-separated ('none' for none).",
+                          check=_tasks_check)
+    retention_limit: int = opt(30, "Items per multiple-choice retention task (the first N; MMLU round-robin over "
+                               "subjects).", check=nonneg_int)
+    wikitext_docs: int = opt(1, "WikiText-2 test documents for perplexity.", check=nonneg_int)
+
+
+class RetentionSuite(Suite):
+    name = "retention"
+    Options = RetentionOptions
+    summary = "WikiText-2 perplexity and zero-shot multiple choice (lm-evaluation-harness formats)"
+    citation = "Merity et al. 2017; Bisk et al. 2020; Clark et al. 2018; Zellers et al. 2019; Clark et al. 2019; " \
+               "Talmor et al. 2019; Hendrycks et al. 2021"
+    headline = ("wikitext/ppl",)
+
+    def load(self, opts, ctx):
+        from trustedit.data.retention import load_mc, load_wikitext
+
+        tasks = {}
+        for t in opts.retention:
+            if t == "wikitext":
+                tasks[t] = load_wikitext(ctx.size(opts, "wikitext_docs"))
+            else:
+                tasks[t] = load_mc(t, ctx.size(opts, "retention_limit"))
+        rows = {t: (v if t == "wikitext" else [asdict(x) for x in v]) for t, v in tasks.items()}
+        info = {"tasks": {t: len(v) for t, v in tasks.items()}}
+        return Items(self.name, tasks, "sha256:" + digest(rows), info, opts)
+
+    def longest_input(self, lm, items):
+        from trustedit.metrics.retention import encode_pair, resolve_add_bos
+
+        bos = resolve_add_bos(lm.tokenizer, None)
+        best = (0, "")
+        for t, data in items.data.items():
+            if t == "wikitext":
+                continue  # windowed: never longer than the model's context
+            for it in data:
+                for c in it.choices:
+                    ctx_ids, cont = encode_pair(lm.tokenizer, it.context, c, bos)
+                    if len(ctx_ids) + len(cont) > best[0]:
+                        best = (len(ctx_ids) + len(cont), f"{t} item {it.id}")
+        return best
+
+    def measure(self, lm, items, batch_size=16):
+        import time
+
+        from trustedit.metrics.retention import mc_pass, perplexity_pass, resolve_add_bos
+
+        bos = resolve_add_bos(lm.tokenizer, None)
+        out = {"bos": bos, "tasks": {}, "seconds": {}}
+        for t, data in items.data.items():
+            t0 = time.perf_counter()
+            if t == "wikitext":
+                out["tasks"][t] = perplexity_pass(lm.model, lm.tokenizer, data, batch_size=max(1, batch_size // 4))
+            else:
+                out["tasks"][t] = mc_pass(lm.model, lm.tokenizer, data, batch_size=batch_size, task=t, bos=bos)
+            out["seconds"][t] = round(time.perf_counter() - t0, 3)
+        return out
+
+    def score(self, raw, base_raw, items, ctx):
+        from trustedit.metrics.retention import mc_scores, perplexity_score
+
+        scores = {}
+        for t, data in items.data.items():
+            if t == "wikitext":
+                scores["wikitext/ppl"] = perplexity_score(raw["tasks"][t], "wikitext/ppl")
+            else:
+                for s in mc_scores(data, raw["tasks"][t], t, raw["bos"]).values():
+                    scores[s.name] = s
+        return scores
+
+
+SUITE = RetentionSuite()

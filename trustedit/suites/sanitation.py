@@ -1,0 +1,263 @@
+"""``sanitation``: knowledge erasure on the KnowEdit Sanitation split (Ishibashi & Shimodaira 2023).
+
+Items: the test split's forget questions (whose answer must become "I don't know.") and retain
+questions (answered as before). Passes: greedy answers to every test question (stopping at the
+first line or sentence end), and teacher-forced predictions on (question, target). Metrics:
+
+* ``K_S_idk_rate`` (forget questions answered "I don't know"), ``K_F_leak_rate`` (the forgotten
+  answer still appears), ``K_R_retain_accuracy``, ``over_refusal_rate`` (retain questions refused);
+* ``edit_success`` (KnowEdit Edit Succ.: teacher-forced token accuracy of "I don't know.") and
+  ``locality`` (KnowEdit Locality: teacher-forced agreement with the base model on the retain
+  questions; the base model's own is 1 by definition).
+
+``--known-only`` keeps only the test questions the base model answers correctly (a 135M model knows
+few TriviaQA answers, and a "forgotten" answer it never knew proves nothing). The training split
+(forget -> "I don't know.", retain -> their answers) is what ``erase``'s methods fit on
+(:func:`train_pairs`).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+from trustedit.suites.base import Items, LoadContext, Suite, SuiteOptions, nonneg_int, opt, pos_int
+
+KNOWN_RULE = "base model's greedy answer contains the gold answer or an alias"
+SPLITS = ("train_forget", "train_retain", "test_forget", "test_retain")
+
+
+@dataclass
+class SanitationOptions(SuiteOptions):
+    data: str = opt(None, "Sanitation data: a folder (KnowEdit or the authors' layout) or the KnowEdit *_train.json "
+                    "(default: $TRUSTEDIT_DATA_DIR/sanitation/knowedit, then the Hub, then the starter set).")
+    no_hub: bool = opt(False, "Never try the Hugging Face Hub for the sanitation data.")
+    known_only: bool = opt(False, "Keep only the test questions the base model answers correctly.")
+    known_subset: bool = opt(False, "Also report every sanitation metric on the test questions the base model answers "
+                             "correctly (as known/<metric>), next to the full sets.")
+    max_new_tokens: int = opt(16, "Answer length cap in tokens (answers also end at the first '.' or newline).",
+                              check=pos_int)
+    answer_stop: list = opt(["\n", "."], "Answers end at the first of these strings (kept).")
+
+
+def format_name(fmt, tokenizer) -> str:
+    return "chat template" if fmt.uses_chat(tokenizer) else "plain Q/A"
+
+
+def load_data(opts, ctx: LoadContext):
+    """The sanitation data, every split capped at ``--limit``."""
+    from trustedit.data.sanitation import load
+
+    data = load(opts.data, hub=not opts.no_hub)
+    if ctx.limit is not None:
+        for s in SPLITS:
+            setattr(data, s, getattr(data, s)[: ctx.limit])
+    return data
+
+
+def pairs(tokenizer, data, memo: dict | None = None) -> dict:
+    """Token-id pairs of every split (chat template when the tokenizer has one), built once."""
+    from trustedit.prompts import PromptFormat, make_pairs
+
+    key = ("pairs", id(tokenizer))
+    if memo is not None and key in memo:
+        return memo[key]
+    fmt = PromptFormat()
+
+    def mk(items, targets):
+        return make_pairs(tokenizer, fmt, [x.question for x in items], targets)
+
+    out = {"test_f": mk(data.test_forget, [data.idk] * len(data.test_forget)),
+           "test_r": mk(data.test_retain, [x.answer for x in data.test_retain]),
+           "train_f": mk(data.train_forget, [data.idk] * len(data.train_forget)),
+           "train_r": mk(data.train_retain, [x.answer for x in data.train_retain]),
+           "fmt": format_name(fmt, tokenizer), "prompt_format": fmt.describe(tokenizer)}
+    if memo is not None:
+        memo[key] = out
+    return out
+
+
+@dataclass
+class TrainPairs:
+    """What the erase methods fit on: forget questions -> "I don't know.", retain questions ->
+    their answers, as token-id pairs."""
+
+    forget: list
+    retain: list
+    fingerprint: str = ""
+    source: str = ""
+
+    def describe(self) -> dict:
+        return {"name": "sanitation (train split)", "fingerprint": self.fingerprint, "source": self.source,
+                "forget": len(self.forget), "retain": len(self.retain)}
+
+
+def train_pairs(lm, job):
+    """Training items of the erase methods: the train split of the sanitation data the job
+    evaluates (loaded with the same options when the job has no sanitation suite)."""
+    items = job.items.get("sanitation")
+    if items is None:
+        opts = job.suite_options("sanitation")
+        items = SanitationSuite().load(opts, job.load_context)
+    p = pairs(lm.tokenizer, items.data["data"], items.memo)
+    return TrainPairs(p["train_f"], p["train_r"], items.fingerprint, items.data["data"].source)
+
+
+class SanitationSuite(Suite):
+    name = "sanitation"
+    Options = SanitationOptions
+    summary = "knowledge erasure: forget questions -> \"I don't know.\", retain questions keep their answers"
+    citation = "Ishibashi & Shimodaira 2023 (arXiv:2309.11852); KnowEdit Sanitation (Zhang et al. 2024)"
+    headline = ("K_S_idk_rate", "K_F_leak_rate", "edit_success", "K_R_retain_accuracy", "over_refusal_rate", "locality")
+
+    def load(self, opts, ctx):
+        data = load_data(opts, ctx)
+        info = {**data.describe(), "limit": ctx.limit}
+        return Items(self.name, {"data": data, "known": None}, data.fingerprint(), info, opts)
+
+    def run_info(self, items, ctx):
+        return {"prompt_format": self._pairs(ctx.lm, items)["prompt_format"]}
+
+    def _pairs(self, lm, items):
+        return pairs(lm.tokenizer, items.data["data"], items.memo)
+
+    def cache_key(self, lm, items, batch_size):
+        from trustedit import evalcache
+
+        p = self._pairs(lm, items)
+        return {"test_forget": evalcache.ids_digest((x.prompt, x.target) for x in p["test_f"]),
+                "test_retain": evalcache.ids_digest((x.prompt, x.target) for x in p["test_r"]),
+                "max_new_tokens": items.opts.max_new_tokens, "answer_stop": items.opts.answer_stop,
+                "batch_size": batch_size}
+
+    def longest_input(self, lm, items):
+        p = self._pairs(lm, items)
+        best = (0, "")
+        for split, key in (("test_forget", "test_f"), ("test_retain", "test_r"), ("train_forget", "train_f"),
+                           ("train_retain", "train_r")):
+            for i, x in enumerate(p[key]):
+                n = len(x.prompt) + max(len(x.target), items.opts.max_new_tokens)
+                if n > best[0]:
+                    best = (n, f"{split}[{i}]")
+        return best
+
+    def measure(self, lm, items, batch_size=16):
+        """Greedy answers to every test question and teacher-forced predictions on (question,
+        target) for both test splits."""
+        from trustedit.prompts import generate, predicted_target_tokens
+
+        tok, model, o = lm.tokenizer, lm.model, items.opts
+        p = self._pairs(lm, items)
+        forget, retain = p["test_f"], p["test_r"]
+        texts, _ = generate(model, tok, [x.prompt for x in forget] + [x.prompt for x in retain], o.max_new_tokens,
+                            batch_size, desc="generate answers", stop_strings=tuple(o.answer_stop) or None)
+        return {
+            "gen_forget": texts[: len(forget)],
+            "gen_retain": texts[len(forget):],
+            "pred_f": predicted_target_tokens(model, forget, tok.pad_token_id, batch_size, desc="teacher-forced forget"),
+            "pred_r": predicted_target_tokens(model, retain, tok.pad_token_id, batch_size, desc="teacher-forced retain"),
+        }
+
+    def score(self, raw, base_raw, items, ctx):
+        from trustedit.metrics import knowedit, qa
+
+        data, o = items.data["data"], items.opts
+        fmt = self._pairs(ctx.lm, items)["fmt"]
+        gp = qa.GEN_PROTOCOL.format(max_new=o.max_new_tokens, fmt=fmt, stop=o.answer_stop)
+        scores = {
+            "K_S_idk_rate": qa.idk_rate(raw["gen_forget"], gp),
+            "K_F_leak_rate": qa.leak_rate(raw["gen_forget"], data.test_forget, gp),
+            "K_R_retain_accuracy": qa.retain_accuracy(raw["gen_retain"], data.test_retain, gp),
+            "over_refusal_rate": qa.over_refusal(raw["gen_retain"], gp),
+            "edit_success": knowedit.edit_success(raw["pred_f"], [x.target for x in self._pairs(ctx.lm, items)["test_f"]],
+                                                  fmt),
+            "locality": knowedit.locality((base_raw or raw)["pred_r"], raw["pred_r"], fmt),
+        }
+        if base_raw is None:
+            scores["locality"].extra["note"] = "the base model agrees with itself by definition"
+        if o.known_subset:
+            from dataclasses import replace
+
+            keep_f, keep_r = known_indices(data, (base_raw or raw))
+            sub_items = restrict(items, keep_f, keep_r)
+            sub_items.opts = replace(o, known_subset=False)
+            sub_scores = self.score(subset(raw, keep_f, keep_r), None if base_raw is None else subset(base_raw, keep_f, keep_r),
+                                    sub_items, ctx)
+            for k, s in sub_scores.items():
+                scores[f"known/{k}"] = replace(s, name=f"known/{k}", protocol=s.protocol + f"; restricted to the test "
+                                               f"questions the base model answers correctly ({KNOWN_RULE})")
+        return scores
+
+    def after_base(self, items, base_raw):
+        if not items.opts.known_only:
+            return items, base_raw, None
+        from trustedit.errors import TrusteditError
+
+        data = items.data["data"]
+        keep_f, keep_r = known_indices(data, base_raw)
+        info = {"test_forget_kept": len(keep_f), "test_forget_total": len(data.test_forget),
+                "test_retain_kept": len(keep_r), "test_retain_total": len(data.test_retain), "rule": KNOWN_RULE}
+        if not keep_f:
+            raise TrusteditError("--known-only: the base model answers none of the forget test questions")
+        return restrict(items, keep_f, keep_r, info), subset(base_raw, keep_f, keep_r), info
+
+    def samples(self, items, pre, post):
+        data = items.data["data"]
+        b, a = pre["raw"], (post or {}).get("raw")
+        rows = []
+        for split, its, key, tgt in (("test_forget", data.test_forget, "gen_forget", lambda it: data.idk),
+                                     ("test_retain", data.test_retain, "gen_retain", lambda it: it.answer)):
+            for i, it in enumerate(its):
+                row = {"split": split, "index": i, "question": it.question, "gold": it.answer, "target": tgt(it),
+                       "pre": b[key][i]}
+                if a is not None:
+                    row["post"] = a[key][i]
+                rows.append(row)
+        return rows
+
+    def describe_lines(self, section):
+        d = section.get("dataset", {})
+        lines = []
+        if d.get("forgotten_answers"):
+            lines.append(f"- sanitation data: {d.get('source')} ({d.get('layout')} layout), forgotten answers: "
+                         f"{', '.join(d['forgotten_answers'])}; counts {d.get('counts')}")
+        if d.get("starter_set"):
+            lines.append("- **starter set**: these numbers come from the small set shipped with trustedit, not from a "
+                         "benchmark.")
+        k = section.get("known_only")
+        if k:
+            lines.append(f"- known-only: kept {k['test_forget_kept']}/{k['test_forget_total']} forget and "
+                         f"{k['test_retain_kept']}/{k['test_retain_total']} retain test questions ({k['rule']}).")
+        return lines
+
+
+def known_indices(data, base_raw) -> tuple[list[int], list[int]]:
+    """Indices of the forget and retain test questions the base model answers correctly."""
+    from trustedit.metrics.qa import contains_answer
+
+    keep_f = [i for i, (g, it) in enumerate(zip(base_raw["gen_forget"], data.test_forget)) if contains_answer(g, it.answers)]
+    keep_r = [i for i, (g, it) in enumerate(zip(base_raw["gen_retain"], data.test_retain)) if contains_answer(g, it.answers)]
+    return keep_f, keep_r
+
+
+def restrict(items: Items, keep_f, keep_r, info=None) -> Items:
+    """The same items on a subset of the test questions (no new model passes)."""
+    data = copy.copy(items.data["data"])
+    data.test_forget = [items.data["data"].test_forget[i] for i in keep_f]
+    data.test_retain = [items.data["data"].test_retain[i] for i in keep_r]
+    memo = {}
+    for k, v in items.memo.items():
+        if k[0] == "pairs":
+            v = {**v, "test_f": [v["test_f"][i] for i in keep_f], "test_r": [v["test_r"][i] for i in keep_r]}
+        memo[k] = v
+    return Items(items.suite, {"data": data, "known": info}, items.fingerprint, {**items.info, "known_only": info},
+                 items.opts, memo)
+
+
+def subset(raw: dict, keep_f, keep_r) -> dict:
+    """The stored passes restricted to the kept items (no new model passes)."""
+    return {"gen_forget": [raw["gen_forget"][i] for i in keep_f], "gen_retain": [raw["gen_retain"][i] for i in keep_r],
+            "pred_f": [raw["pred_f"][i] for i in keep_f], "pred_r": [raw["pred_r"][i] for i in keep_r]}
+
+
+SUITE = SanitationSuite()
