@@ -50,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
 
     _add_scorers_parser(sub)
     _add_detox_parser(sub)
+    from trustedit.data.command import add_parser as _add_data_parser  # torch-free
+
+    _add_data_parser(sub)
 
     ls = sub.add_parser("ls", help="list methods or datasets")
     ls.add_argument("what", choices=["methods", "datasets"])
@@ -391,6 +394,12 @@ def _check(patch, lm) -> None:
         raise TrusteditError(f"{patch.manifest.get('method')} patch was made for {fp}, this model is {lm.fingerprint}")
 
 
+def _cmd_data(args) -> int:
+    from trustedit.data.command import run
+
+    return run(args)
+
+
 def main(argv=None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -403,7 +412,7 @@ def main(argv=None) -> int:
         if args.command == "eval" and args.suite == "toxicity":
             return _cmd_detox(args)
         return {"erase": _cmd_erase, "debias": _cmd_bias, "eval": _cmd_bias, "detox": _cmd_detox, "ls": _cmd_ls, "patch": _cmd_patch,
-                "compare": _cmd_compare, "scorers": _cmd_scorers}[args.command](args)
+                "compare": _cmd_compare, "scorers": _cmd_scorers, "data": _cmd_data}[args.command](args)
     except TrusteditError as e:
         print(f"trustedit: error: {e}", file=sys.stderr)
         return e.exit_code
