@@ -121,6 +121,17 @@ def _one_thread():
 
 
 @pytest.fixture(autouse=True)
+def _empty_default_data_root(monkeypatch, tmp_path_factory):
+    """Tests see data only through $TRUSTEDIT_DATA_DIR or their own paths: the default data root
+    (~/.cache/trustedit/data, which `trustedit data fetch` fills) is an empty folder here, so a
+    developer's fetched data cannot change what a test without $TRUSTEDIT_DATA_DIR finds."""
+    import trustedit.data.paths as paths
+
+    empty = tmp_path_factory.getbasetemp() / "empty-default-data-root"
+    monkeypatch.setattr(paths, "default_root", lambda: empty)
+
+
+@pytest.fixture(autouse=True)
 def _seed():
     import random
 

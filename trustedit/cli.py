@@ -158,12 +158,9 @@ def _parser() -> argparse.ArgumentParser:
     _add_suite_flags(ev, list(SUITES))
 
     _add_scorers_parser(sub)
-    try:
-        from trustedit.data.command import add_parser as add_data_parser
-    except ImportError:  # pragma: no cover - data command not installed
-        add_data_parser = None
-    if add_data_parser is not None:
-        add_data_parser(sub)
+    from trustedit.data.command import add_parser as add_data_parser  # torch-free
+
+    add_data_parser(sub)
 
     ls = sub.add_parser("ls", help="list methods, suites, jobs or datasets")
     ls.add_argument("what", choices=["methods", "suites", "jobs", "datasets"])

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from trustedit.data.paths import field, read_json, read_jsonl, require
+from trustedit.data.paths import field, fingerprint, read_json, read_jsonl, require
 from trustedit.errors import DataError, TrusteditError
 
 DAMA_PROFESSIONS = "dama/professions.json"
@@ -60,10 +60,7 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
 def files_fingerprint(files: Iterable[Path]) -> str:
     """``sha256:`` + SHA-256 over ``name\\0sha256(content)\\n`` for each file in reading order
     (file names only, so the fingerprint does not depend on where the data folder lives)."""
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f"{Path(f).name}\0{file_sha256(Path(f))}\n".encode())
-    return "sha256:" + h.hexdigest()
+    return fingerprint((Path(f).name, file_sha256(Path(f))) for f in files)
 
 
 class BiasData(list):

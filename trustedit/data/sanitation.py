@@ -194,7 +194,7 @@ def load(data: str | None = None, hub: bool = True) -> SanitationData:
         return read_path(p)
     found = paths.find("sanitation/knowedit")
     if found is not None:
-        return read_path(found, f"${paths.ENV_VAR}/sanitation/knowedit")
+        return read_path(found, paths.root_label("sanitation/knowedit"))
     if hub:
         d = _from_hub()
         if d is not None:
