@@ -45,7 +45,12 @@ SHORTCUTS = {
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse whose usage errors are one line (``trustedit: error: ...``) with exit code 2."""
+    """argparse whose usage errors are one line (``trustedit: error: ...``) with exit code 2, and
+    which never guesses a flag from its prefix (``--k`` is not ``--known-only``)."""
+
+    def __init__(self, *a, **kw):
+        kw.setdefault("allow_abbrev", False)
+        super().__init__(*a, **kw)
 
     def error(self, message):
         print(f"trustedit: error: {self.prog.split(' ', 1)[-1] + ': ' if ' ' in self.prog else ''}{message}",

@@ -207,9 +207,14 @@ def check_lengths(plan: Plan, lm, items: dict) -> None:
     """Refuse, before any model pass, an input longer than the model's context."""
     from trustedit.metrics.retention import model_max_length
 
+    from trustedit.prompts import InputTooLong
+
     limit = model_max_length(lm.model)
     for n, s in plan.suites.items():
-        tokens, where = s.longest_input(lm, items[n])
+        try:
+            tokens, where = s.longest_input(lm, items[n])
+        except InputTooLong as e:
+            raise UsageError(f"suite {n}: {e}") from None
         if tokens > limit:
             raise UsageError(f"suite {n}, {where}: {tokens:,} tokens (input plus generated or scored tokens) exceed "
                              f"the model's context of {limit:,} positions")

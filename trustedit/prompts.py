@@ -18,6 +18,37 @@ from dataclasses import dataclass
 IGNORE = -100
 
 
+class InputTooLong(ValueError):
+    """A text that cannot fit the model's context whatever its tokenisation (see :func:`guard_length`)."""
+
+
+def max_token_chars(tokenizer) -> int:
+    """The longest vocabulary entry in characters (computed once per tokenizer)."""
+    n = getattr(tokenizer, "_trustedit_max_token_chars", None)
+    if n is None:
+        try:
+            n = max((len(t) for t in tokenizer.get_vocab()), default=64)
+        except Exception:  # noqa: BLE001 - a tokenizer without a vocabulary listing: a generous bound
+            n = 64
+        try:
+            tokenizer._trustedit_max_token_chars = n
+        except AttributeError:  # pragma: no cover
+            pass
+    return n
+
+
+def guard_length(tokenizer, text: str) -> None:
+    """Refuse, before tokenising it, a text too long for the model's context in *any* tokenisation:
+    every token covers at most :func:`max_token_chars` characters, so a text longer than that times
+    the context cannot fit. (A 50 MB question would otherwise be tokenised and sent to the model.)"""
+    limit = getattr(tokenizer, "model_max_length", None)
+    if not limit or limit > 10_000_000 or len(text) <= limit:
+        return
+    if len(text) > limit * max_token_chars(tokenizer):
+        raise InputTooLong(f"an input of {len(text):,} characters ({text[:40]!r}...) cannot fit the model's context "
+                           f"of {limit:,} tokens")
+
+
 @dataclass(frozen=True)
 class PromptFormat:
     """How a question becomes prompt token ids and an answer becomes target token ids."""
@@ -51,6 +82,7 @@ class PromptFormat:
         return bool(getattr(tokenizer, "add_bos_token", False)) and tokenizer.bos_token_id is not None
 
     def prompt_ids(self, tokenizer, question: str) -> list[int]:
+        guard_length(tokenizer, question)
         if self.uses_chat(tokenizer):
             messages = ([{"role": "system", "content": self.system}] if self.system is not None else []) + [
                 {"role": "user", "content": question}
@@ -63,6 +95,7 @@ class PromptFormat:
 
     def target_ids(self, tokenizer, answer: str) -> list[int]:
         # After "Answer:" a plain prompt expects a space-led word; a chat turn starts fresh.
+        guard_length(tokenizer, answer)
         text = answer.strip() if self.uses_chat(tokenizer) else " " + answer.strip()
         ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
         if self.end_target_with_eos and tokenizer.eos_token_id is not None:

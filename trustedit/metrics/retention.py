@@ -60,6 +60,9 @@ def resolve_add_bos(tokenizer, add_bos: bool | None) -> bool:
 def _encode(tokenizer, text: str) -> list[int]:
     if not text:
         return []
+    from trustedit.prompts import guard_length
+
+    guard_length(tokenizer, text)
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
