@@ -269,3 +269,33 @@ def test_generate_stop_strings_end_each_row(tiny_llama, qa):
         else:
             assert got == free
     assert stopped >= 1
+
+
+@pytest.mark.parametrize("factory, chat", [("llama", True), ("llama", False), ("gpt2", False)])
+def test_generate_with_targets_reuses_the_prompt_cache(factory, chat, llama_factory, gpt2_factory, qa):
+    """generate(..., targets=...) answers exactly as without targets, and its teacher-forced
+    predictions (on the generation's KV cache) equal predicted_target_tokens' full forward passes."""
+    lm = llama_factory(chat=chat) if factory == "llama" else gpt2_factory()
+    qs, ans = qa
+    fmt = PromptFormat()
+    pairs = make_pairs(lm.tokenizer, fmt, qs * 3, (ans + ["I don't know."] * 6)[:18])
+    prompts = [p.prompt for p in pairs]
+    t1, i1 = generate(lm.model, lm.tokenizer, prompts, 5, 4, stop_strings=(".",))
+    t2, i2, pred = generate(lm.model, lm.tokenizer, prompts, 5, 4, stop_strings=(".",), targets=[p.target for p in pairs])
+    assert (t1, i1) == (t2, i2)
+    assert pred == predicted_target_tokens(lm.model, pairs, lm.tokenizer.pad_token_id, 4)
+    assert [len(x) for x in pred] == [len(p.target) for p in pairs]
+    with pytest.raises(ValueError, match="one non-empty"):
+        generate(lm.model, lm.tokenizer, prompts[:2], 2, 2, targets=[[1]])
+
+
+def test_too_long_text_is_refused_before_tokenising(plain_tokenizer):
+    from trustedit.prompts import InputTooLong, guard_length, max_token_chars
+
+    plain_tokenizer.model_max_length = 16
+    limit = 16 * max_token_chars(plain_tokenizer)
+    guard_length(plain_tokenizer, "a" * limit)  # might still fit: left to the token count
+    with pytest.raises(InputTooLong, match="characters"):
+        guard_length(plain_tokenizer, "a" * (limit + 1))
+    with pytest.raises(InputTooLong):
+        PromptFormat(chat=False).prompt_ids(plain_tokenizer, "a" * (limit + 1))

@@ -4,7 +4,8 @@ The base model's passes on a test split depend only on the model weights, the te
 token ids, the evaluation options and the code that ran them. Every erase run of the same model
 on the same data repeats them, so they are stored under ``<cache>/evals/<key>.json``, where the
 key is the SHA-256 of all of those inputs (model fingerprint, device, dtype, token ids of every
-test pair, evaluation options, trustedit/torch/transformers versions). A changed input is a new
+test pair, evaluation options, trustedit/torch/transformers versions, and a fingerprint of the
+source code that builds the items and runs the passes: :func:`code_fingerprint`). A changed input is a new
 key; an unreadable entry is ignored and recomputed. ``--no-eval-cache`` turns it off.
 """
 
@@ -13,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict
 from pathlib import Path
 
 FORMAT = "trustedit-evalcache/1"
@@ -64,19 +64,28 @@ def save(key: str, payload: dict) -> None:
             tmp.unlink()
 
 
-def retention_digest(tasks, retention_limit: int | None, wikitext_docs: int | None) -> str | None:
-    """Digest of the retention items a suite will score (changed data files change the key)."""
-    if not tasks:
-        return None
-    from dataclasses import asdict
+CODE_PATHS = ("prompts.py", "models.py", "arch.py", "metrics", "suites", "data")
 
-    from trustedit.data.retention import load_mc, load_wikitext
 
-    h = hashlib.sha256()
-    for t in tasks:
-        items = load_wikitext(wikitext_docs) if t == "wikitext" else [asdict(x) for x in load_mc(t, retention_limit)]
-        h.update(json.dumps([t, items], sort_keys=True).encode("utf-8"))
-    return h.hexdigest()
+def code_fingerprint() -> str:
+    """SHA-256 of the source of the modules that build items and run model passes
+    (:data:`CODE_PATHS` inside the trustedit package), so that passes cached by other code are never
+    served: any change to that code is a new key."""
+    global _CODE_FP
+    if _CODE_FP is None:
+        root = Path(__file__).parent
+        h = hashlib.sha256()
+        files = []
+        for rel in CODE_PATHS:
+            p = root / rel
+            files += sorted(p.rglob("*.py")) if p.is_dir() else [p]
+        for f in files:
+            h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
+        _CODE_FP = h.hexdigest()
+    return _CODE_FP
+
+
+_CODE_FP = None
 
 
 def cached(parts: dict, compute, encode, decode):
@@ -86,7 +95,7 @@ def cached(parts: dict, compute, encode, decode):
     from trustedit.provenance import versions
 
     v = versions()
-    key = make_key({**parts, **{k: v.get(k) for k in ("trustedit", "torch", "transformers")}})
+    key = make_key({**parts, **{k: v.get(k) for k in ("trustedit", "torch", "transformers")}, "code": code_fingerprint()})
     hit = load(key)
     if hit is not None:
         try:
@@ -96,13 +105,3 @@ def cached(parts: dict, compute, encode, decode):
     value = compute()
     save(key, encode(value))
     return value, {"state": "miss (stored)", "key": key}
-
-
-def scores_to_json(scores: dict) -> dict:
-    return {k: asdict(s) for k, s in scores.items()}
-
-
-def scores_from_json(obj: dict) -> dict:
-    from trustedit.metrics.scores import Score
-
-    return {k: Score(**v) for k, v in obj.items()}

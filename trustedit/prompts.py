@@ -310,7 +310,7 @@ def _stop_criteria(tokenizer, stop_strings, start: int):
 
 
 def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int = 24, batch_size: int = 16, desc="generate",
-             share_prefix: bool = True, stop_strings: tuple[str, ...] | None = None):
+             share_prefix: bool = True, stop_strings: tuple[str, ...] | None = None, targets=None):
     """Batched greedy decoding with left padding and the KV cache; returns decoded completions
     (special tokens removed) and their token ids.
 
@@ -319,7 +319,14 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int = 2
     attention mask and the mask-derived position ids handle exactly as left padding.
 
     ``stop_strings`` ends each row once its text contains one of them (the row is padded while
-    the rest of the batch finishes); the stop string is kept in the output."""
+    the rest of the batch finishes); the stop string is kept in the output.
+
+    ``targets`` (one token-id list per prompt): also teacher-force each prompt's target and
+    return, as a third value, the argmax at each target position (as
+    :func:`predicted_target_tokens`), reusing the prompt's KV cache from the generation instead
+    of encoding the prompt again: the first target position's prediction is the first greedy
+    token (the argmax after the prompt), the others come from one forward pass over the target
+    tokens on the generation's cache, with the generated positions masked out."""
     import torch
     from tqdm.auto import tqdm
 
@@ -327,6 +334,9 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int = 2
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     texts: list[str | None] = [None] * len(prompts)
     ids_out: list[list[int] | None] = [None] * len(prompts)
+    preds: list[list[int] | None] = [None] * len(prompts)
+    if targets is not None and (len(targets) != len(prompts) or any(not t for t in targets)):
+        raise ValueError("targets: one non-empty token-id list per prompt")
     prefix = PrefixCache.for_sequences(model, prompts) if share_prefix else None
     cut = len(prefix) if prefix else 0
     with torch.inference_mode():
@@ -353,7 +363,14 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int = 2
                 top_p=None,
                 top_k=None,
                 **({"stopping_criteria": _stop_criteria(tokenizer, stop_strings, width)} if stop_strings else {}),
+                **({"return_dict_in_generate": True} if targets is not None else {}),
             )
+            if targets is not None:
+                cache = getattr(gen, "cache", None) or getattr(gen, "past_key_values", None)
+                gen = gen.sequences
+                for j, p in zip(idx, _force_on_cache(model, cache, gen, mask.to(device), width,
+                                                      [targets[i] for i in idx], pad)):
+                    preds[j] = p
             for j, i in enumerate(idx):
                 new = gen[j, width:].tolist()
                 if tokenizer.eos_token_id in new:
@@ -362,7 +379,39 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int = 2
                     new.pop()
                 ids_out[i] = new
                 texts[i] = cut_at_stop(tokenizer.decode(new, skip_special_tokens=True), stop_strings).strip()
+    if targets is not None:
+        return texts, ids_out, preds
     return texts, ids_out
+
+
+def _force_on_cache(model, cache, gen, mask, width: int, targets: list[list[int]], pad: int) -> list[list[int]]:
+    """Teacher forcing of ``targets`` after each row's prompt, on the KV cache that generation left
+    (prompt positions ``[0, width)`` then generated ones, which are masked out here). Returns the
+    argmax at each target position: position 0 from the first generated token (the greedy argmax
+    after the prompt), the rest from one forward pass over ``targets[:, :-1]``."""
+    import torch
+
+    device = mask.device
+    out = [[int(gen[j, width])] for j in range(len(targets))]
+    longest = max(len(t) for t in targets)
+    if longest == 1:
+        return out
+    past = cache.get_seq_length()
+    b = len(targets)
+    ids = torch.full((b, longest - 1), pad, dtype=torch.long, device=device)
+    tmask = torch.zeros((b, longest - 1), dtype=torch.long, device=device)
+    for j, t in enumerate(targets):
+        if len(t) > 1:
+            ids[j, : len(t) - 1] = torch.tensor(t[:-1], device=device)
+            tmask[j, : len(t) - 1] = 1
+    full = torch.cat([mask, torch.zeros((b, past - width), dtype=mask.dtype, device=device), tmask], 1)
+    start = mask.sum(1, keepdim=True)  # a row's first target position = its number of prompt tokens
+    pos = start + torch.arange(longest - 1, device=device)[None, :]
+    logits = model(input_ids=ids, attention_mask=full, position_ids=pos, past_key_values=cache, use_cache=True).logits
+    arg = logits.argmax(-1)
+    for j, t in enumerate(targets):
+        out[j] += arg[j, : len(t) - 1].tolist()
+    return out
 
 
 def sample_continuations(model, tokenizer, prompts: list[list[int]], k: int, max_new_tokens: int = 20,

@@ -143,20 +143,18 @@ class SanitationSuite(Suite):
 
     def measure(self, lm, items, batch_size=16):
         """Greedy answers to every test question and teacher-forced predictions on (question,
-        target) for both test splits."""
-        from trustedit.prompts import generate, predicted_target_tokens
+        target) for both test splits. Each prompt is encoded once: the teacher forcing reuses the
+        KV cache the greedy answer left (:func:`trustedit.prompts.generate` with ``targets``)."""
+        from trustedit.prompts import generate
 
         tok, model, o = lm.tokenizer, lm.model, items.opts
         p = self._pairs(lm, items)
-        forget, retain = p["test_f"], p["test_r"]
-        texts, _ = generate(model, tok, [x.prompt for x in forget] + [x.prompt for x in retain], o.max_new_tokens,
-                            batch_size, desc="generate answers", stop_strings=tuple(o.answer_stop) or None)
-        return {
-            "gen_forget": texts[: len(forget)],
-            "gen_retain": texts[len(forget):],
-            "pred_f": predicted_target_tokens(model, forget, tok.pad_token_id, batch_size, desc="teacher-forced forget"),
-            "pred_r": predicted_target_tokens(model, retain, tok.pad_token_id, batch_size, desc="teacher-forced retain"),
-        }
+        pairs = p["test_f"] + p["test_r"]
+        n = len(p["test_f"])
+        texts, _, preds = generate(model, tok, [x.prompt for x in pairs], o.max_new_tokens, batch_size,
+                                   desc="answer and teacher-force", stop_strings=tuple(o.answer_stop) or None,
+                                   targets=[x.target for x in pairs])
+        return {"gen_forget": texts[:n], "gen_retain": texts[n:], "pred_f": preds[:n], "pred_r": preds[n:]}
 
     def score(self, raw, base_raw, items, ctx):
         from trustedit.metrics import knowedit, qa
