@@ -245,3 +245,30 @@ def test_erase_end_to_end_tiny_llama(tmp_path, tiny_llama):
     patch.apply(tiny_llama.model)
     for name in patch.deltas:
         assert torch_equal(merged[name], dict(tiny_llama.model.named_parameters())[name])
+
+
+@pytest.mark.parametrize("args, needle", [
+    (("detox", "--set", "combine=bogus"), "--set combine=bogus: ExtSubConfig option 'combine' must be one of 'ext-sub'"),
+    (("detox", "--method", "dinm", "--set", "kl_direction=x"), "DINMConfig option 'kl_direction' must be one of"),
+    (_erase("--set", "epochs=-1"), "--set epochs=-1: SanitizationConfig option 'epochs' must be an integer >= 1"),
+    (_erase("--method", "ft-m", "--set", "lr=nan"), "FTMConfig option 'lr' must be a finite number > 0, got nan"),
+    (("debias", "--set", "components=inf"), "DAMAConfig option 'components' must be a finite number > 0"),
+    (("debias", "--method", "inlp", "--set", "classifier=tree"), "INLPConfig option 'classifier' must be one of"),
+])
+def test_bad_method_options_fail_when_the_config_is_built(tmp_path, args, needle):
+    """An invalid --set fails before any data or model is loaded (ext-sub's combine used to fail
+    only after both adapters were trained)."""
+    rc, _, err, torch_imported = run_cli(tmp_path, *args)
+    assert needle in one_error_line(rc, err)
+    assert not torch_imported, "failed only after importing torch"
+    assert not list(tmp_path.glob("runs*")), "left a run directory behind"
+
+
+def test_config_file_type_error_names_the_file(tmp_path):
+    (tmp_path / "opts.json").write_text(json.dumps({"lr": "abc"}))
+    rc, _, err, torch_imported = run_cli(tmp_path, *_erase("--config", "opts.json"))
+    assert "--config opts.json: option 'lr': expected float, got 'abc'" in one_error_line(rc, err)
+    (tmp_path / "opts.yaml").write_text("rank: 0\n")
+    rc, _, err, torch_imported = run_cli(tmp_path, *_erase("--config", "opts.yaml"))
+    assert "--config opts.yaml: SanitizationConfig option 'rank' must be an integer >= 1, got 0" in one_error_line(rc, err)
+    assert not torch_imported
