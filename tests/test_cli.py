@@ -272,3 +272,36 @@ def test_config_file_type_error_names_the_file(tmp_path):
     rc, _, err, torch_imported = run_cli(tmp_path, *_erase("--config", "opts.yaml"))
     assert "--config opts.yaml: SanitizationConfig option 'rank' must be an integer >= 1, got 0" in one_error_line(rc, err)
     assert not torch_imported
+
+
+# ---- --out: an unusable location fails up front and nothing is left behind ---------------------
+
+
+def test_out_that_cannot_be_written_fails_before_any_work(tmp_path):
+    (tmp_path / "afile").write_text("keep")
+    for args, needle in ((("--out", "afile", "--overwrite"), "--out afile: is a file, not a folder"),
+                         (("--out", "afile"), "--out afile: is a file, not a folder"),
+                         (("--out", "afile/sub/run"), "afile is a file, not a folder")):
+        rc, _, err, torch_imported = run_cli(tmp_path, *_erase(*args))
+        assert needle in one_error_line(rc, err)
+        assert not torch_imported
+    assert (tmp_path / "afile").read_text() == "keep"
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        target = locked if not os.access(locked, os.W_OK) else ("/sys" if os.path.isdir("/sys") else None)
+        if target is None:
+            pytest.skip("no unwritable folder here")
+        rc, _, err, torch_imported = run_cli(tmp_path, *_erase("--out", f"{target}/run"))
+        assert f"--out {target}/run: cannot write in {target}" in one_error_line(rc, err)
+        assert not torch_imported
+    finally:
+        locked.chmod(0o755)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".") or p.name == "runs"]
+
+
+def test_failed_run_leaves_no_parent_folders(tmp_path):
+    rc, _, err, _ = run_cli(tmp_path, *_erase("--model", "missing/model.gguf", "--out", "deep/er/run"))
+    assert "no such GGUF file" in one_error_line(rc, err)
+    assert not (tmp_path / "deep").exists(), "check_target created the parent folders of --out"
