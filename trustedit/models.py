@@ -331,9 +331,9 @@ def save_plain(model, tokenizer, folder: Path) -> None:
     tokenizer.save_pretrained(folder)
 
 
-def save_folder(model, tokenizer, out, extra: dict | None = None) -> Path:
+def save_folder(model, tokenizer, out, extra: dict | None = None, overwrite: bool = True) -> Path:
     """Atomically write a plain HF folder at ``out`` (plus ``extra`` name -> text files)."""
-    with atomic_dir(out, overwrite=True) as tmp:
+    with atomic_dir(out, overwrite=overwrite) as tmp:
         save_plain(model, tokenizer, tmp)
         for name, text in (extra or {}).items():
             (tmp / name).write_text(text)
