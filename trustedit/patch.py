@@ -195,8 +195,8 @@ class Patch:
         Besides the weights, the folder holds ``trustedit-patch.json`` (the manifest, the patch's
         :meth:`digest`, the base model's fingerprint and the merged folder's own fingerprint, as
         :func:`trustedit.models.load_model` computes it) and ``trustedit-revert.st``: the original
-        value of every element that ``merged - delta`` does not give back exactly (about 0.2 % of
-        the touched elements in fp32), so that :meth:`unmerge` restores the base bit for bit."""
+        value of every element that ``merged - delta`` does not give back exactly (0.4 % of the
+        touched elements, 1.3 MB, for a rank-8 LoRA on q/v/gate of SmolLM2-135M in fp32), so that :meth:`unmerge` restores the base bit for bit."""
         from safetensors.torch import save_file
 
         from trustedit.models import folder_fingerprint, save_plain, sha256_file
