@@ -205,7 +205,8 @@ def _coerce(name, value, f, source=None):
 
 
 def _number_text(x) -> str:
-    return repr(x) if isinstance(x, float) and not x.is_integer() else str(int(x)) if isinstance(x, float) else str(x)
+    """A bound as written in an error: 0 rather than 0.0, 1e-10 as is."""
+    return str(int(x)) if isinstance(x, float) and x.is_integer() else repr(x)
 
 
 def _range_text(m: dict) -> str:
@@ -246,11 +247,13 @@ def check_option(owner: str, f, value):
     if kind is list and "min_items" in m and len(items) < m["min_items"]:
         raise bad(f"a list of at least {m['min_items']} items")
     for x in items:
-        if not _item_ok(x, m) and kind is list and "item" in m and "choices" in m:
+        if _item_ok(x, m):
+            continue
+        if kind is not list:
+            raise bad(_allowed_text(kind, m))
+        if "item" in m and "choices" in m:
             raise UsageError(f"{owner} option {f.name!r}: unknown {m['item']} {x!r} (known: {', '.join(m['choices'])})")
-        if not _item_ok(x, m):
-            what = _allowed_text(kind if kind is not list else (int if isinstance(x, int) else float), m)
-            raise bad(what + " (each item)" if kind is list else what)
+        raise bad(_allowed_text(int if isinstance(x, int) else float, m) + " (each item)")
     if "check" in m:
         problem = m["check"](value)
         if problem:
