@@ -86,26 +86,37 @@ from dataclasses import dataclass
 from trustedit.methods.base import Method, MethodConfig, layer_index, opt, sample_items, set_seed
 
 
+def _fraction_or_count(x) -> str | None:
+    """DAMAConfig.components: a fraction of d_model below 1, or a whole count."""
+    if x >= 1 and not float(x).is_integer():
+        return "a fraction of d_model in (0, 1) or a whole count >= 1"
+    return None
+
+
 @dataclass
 class DAMAConfig(MethodConfig):
-    first_layer: float = opt(0.66, "First edited layer: an index, or a fraction of depth in [0,1) (0.66 of 32 layers -> 21, the paper's LLaMA-7B range).")
-    last_layer: float = opt(0.93, "Last edited layer, inclusive: an index or a fraction of depth (0.93 of 32 -> 29).")
-    components: float = opt(0.0625, "Projection rank d_c per layer: a fraction of d_model (< 1) or a count (>= 1). The paper: 256 or 1024 of 4096.")
-    targets: list = opt(["he", "she", "they"], "Words whose value vectors are computed; the first two are the attribute pair.")
-    values: str = opt("stack", "PLS targets: 'stack' (every target's value vectors, features repeated per target; the paper) or 'contrast' (first minus second target).")
-    v_steps: int = opt(20, "Adam steps of the value-vector optimisation.")
-    v_lr: float = opt(0.5, "Adam learning rate of the value-vector optimisation.")
-    kl_factor: float = opt(0.0625, "Weight of KL(edited || base) next-token distributions on the KL prompts.")
+    first_layer: float = opt(0.66, "First edited layer: an index, or a fraction of depth in [0,1) (0.66 of 32 layers -> 21, the paper's LLaMA-7B range).",
+                              layer=True)
+    last_layer: float = opt(0.93, "Last edited layer, inclusive: an index or a fraction of depth (0.93 of 32 -> 29).", layer=True)
+    components: float = opt(0.0625, "Projection rank d_c per layer: a fraction of d_model (< 1) or a count (>= 1). The paper: 256 or 1024 of 4096.",
+                             gt=0, check=_fraction_or_count)
+    targets: list = opt(["he", "she", "they"], "Words whose value vectors are computed; the first two are the attribute pair.",
+                        min_items=2)
+    values: str = opt("stack", "PLS targets: 'stack' (every target's value vectors, features repeated per target; the paper) or 'contrast' (first minus second target).",
+                      choices=("stack", "contrast"))
+    v_steps: int = opt(20, "Adam steps of the value-vector optimisation.", ge=1)
+    v_lr: float = opt(0.5, "Adam learning rate of the value-vector optimisation.", gt=0)
+    kl_factor: float = opt(0.0625, "Weight of KL(edited || base) next-token distributions on the KL prompts.", ge=0)
     kl_template: str = opt("{} is a", "KL prompt; {} is the prompt's subject.")
-    v_weight_decay: float = opt(0.5, "Weight of ||delta||^2 / ||h|| (the reference's), h the last layer's output at the bare prompt.")
-    clamp_norm_factor: float = opt(4.0, "Each delta's norm is kept within this multiple of ||h||.")
-    context_lengths: list = opt([5, 10], "Token lengths of the context prefixes sampled from the model (ROME/DAMA).")
-    contexts_per_length: int = opt(2, "Prefixes sampled per length (the paper: 5); the bare prompt is always used too.")
-    max_prompts: int = opt(256, "Use at most this many prompts (0: all; train_dama.json has 2,409), a seeded sample.")
-    pls_max_iter: int = opt(500, "Power-iteration steps per PLS component (as scikit-learn's NIPALS).")
-    pls_tol: float = opt(1e-10, "Power-iteration tolerance on the squared change of the unit x-weight vector (used when d_model > 1024; smaller models use an exact eigendecomposition per component).")
-    batch_size: int = opt(32, "Sequences per forward pass.")
-    v_batch_size: int = opt(32, "Prompts whose value vectors are optimised together (memory: prompts x contexts x targets x vocabulary).")
+    v_weight_decay: float = opt(0.5, "Weight of ||delta||^2 / ||h|| (the reference's), h the last layer's output at the bare prompt.", ge=0)
+    clamp_norm_factor: float = opt(4.0, "Each delta's norm is kept within this multiple of ||h||.", gt=0)
+    context_lengths: list = opt([5, 10], "Token lengths of the context prefixes sampled from the model (ROME/DAMA).", ge=1)
+    contexts_per_length: int = opt(2, "Prefixes sampled per length (the paper: 5); the bare prompt is always used too.", ge=0)
+    max_prompts: int = opt(256, "Use at most this many prompts (0: all; train_dama.json has 2,409), a seeded sample.", ge=0)
+    pls_max_iter: int = opt(500, "Power-iteration steps per PLS component (as scikit-learn's NIPALS).", ge=1)
+    pls_tol: float = opt(1e-10, "Power-iteration tolerance on the squared change of the unit x-weight vector (used when d_model > 1024; smaller models use an exact eigendecomposition per component).", gt=0)
+    batch_size: int = opt(32, "Sequences per forward pass.", ge=1)
+    v_batch_size: int = opt(32, "Prompts whose value vectors are optimised together (memory: prompts x contexts x targets x vocabulary).", ge=1)
     replay_lower_layers: bool = opt(True, "Record the hidden states entering the first edited layer once and skip the (never edited) layers below it on later statistics passes: exact, and several times faster.")
 
 

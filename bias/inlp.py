@@ -37,18 +37,29 @@ from dataclasses import dataclass
 from trustedit.methods.base import Method, MethodConfig, opt, sample_items, set_seed
 
 
+def _two_words(pair) -> str | None:
+    """INLPConfig.pair: exactly two non-empty words."""
+    if len(pair) != 2 or not all(isinstance(w, str) and w.strip() for w in pair):
+        return "two words (e.g. he,she)"
+    return None
+
+
 @dataclass
 class INLPConfig(MethodConfig):
-    layer: float = opt(0.8, "Layer whose MLP output is classified and projected: an index, or a fraction of depth in [0,1).")
-    iterations: int = opt(20, "Classifiers trained; each one's direction is projected out (Ravfogel et al. 2020).")
-    classifier: str = opt("svm", "'svm' (LinearSVC, the INLP paper's choice) or 'logreg' (LogisticRegression).")
-    reg_c: float = opt(1.0, "Inverse regularisation strength C of the classifiers.")
-    label: str = opt("score", "Labels: 'score' (sign of the prompt's stereotype score, zeros dropped) or 'model' (the base model's log p(pair[0]) - log p(pair[1]) above or below its median).")
-    pair: list = opt(["he", "she"], "Attribute pair whose probabilities give the labels when label=model.")
-    dev_fraction: float = opt(0.2, "Share of subjects held out to measure each classifier's accuracy (0: report training accuracy).")
-    min_accuracy: float = opt(0.0, "Stop when a classifier's held-out accuracy falls below this (0: never stop early).")
-    max_prompts: int = opt(0, "Use at most this many prompts (0: all), a seeded sample.")
-    batch_size: int = opt(32, "Sequences per forward pass.")
+    layer: float = opt(0.8, "Layer whose MLP output is classified and projected: an index, or a fraction of depth in [0,1).",
+                       layer=True)
+    iterations: int = opt(20, "Classifiers trained; each one's direction is projected out (Ravfogel et al. 2020).", ge=1)
+    classifier: str = opt("svm", "'svm' (LinearSVC, the INLP paper's choice) or 'logreg' (LogisticRegression).",
+                          choices=("svm", "logreg"))
+    reg_c: float = opt(1.0, "Inverse regularisation strength C of the classifiers.", gt=0)
+    label: str = opt("score", "Labels: 'score' (sign of the prompt's stereotype score, zeros dropped) or 'model' (the base model's log p(pair[0]) - log p(pair[1]) above or below its median).",
+                     choices=("score", "model"))
+    pair: list = opt(["he", "she"], "Attribute pair whose probabilities give the labels when label=model.",
+                     check=_two_words)
+    dev_fraction: float = opt(0.2, "Share of subjects held out to measure each classifier's accuracy (0: report training accuracy).", ge=0, lt=1)
+    min_accuracy: float = opt(0.0, "Stop when a classifier's held-out accuracy falls below this (0: never stop early).", ge=0, le=1)
+    max_prompts: int = opt(0, "Use at most this many prompts (0: all), a seeded sample.", ge=0)
+    batch_size: int = opt(32, "Sequences per forward pass.", ge=1)
 
 
 def _classifier(kind: str, C: float, seed: int):

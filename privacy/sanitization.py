@@ -29,21 +29,27 @@ from dataclasses import dataclass
 from trustedit.methods.base import Method, MethodConfig, opt, retain_pairs, sample_items, set_seed, training_record
 
 
+from trustedit.methods.base import RETAIN_TARGETS  # the values the config accepts
+from trustedit.methods.lora import ROLES
+
+
 @dataclass
 class SanitizationConfig(MethodConfig):
-    rank: int = opt(8, "LoRA rank r.")
-    alpha: float = opt(16.0, "LoRA alpha; the update is scaled by alpha / r.")
-    dropout: float = opt(0.05, "LoRA dropout during training.")
-    targets: list = opt(["q", "v", "gate"], "Projection roles to adapt (q, k, v, o, gate, up, down).")
-    first_layer: float = opt(0.0, "Lowest adapted layer: an index or a fraction of depth (0: all layers).")
-    lr: float = opt(3e-4, "AdamW learning rate.")
-    epochs: int = opt(2, "Passes over the training pairs.")
-    max_steps: int = opt(0, "Stop after this many optimiser steps (0: use epochs).")
-    warmup_steps: int = opt(5, "Linear warm-up steps (the reference warms up over the whole run).")
-    weight_decay: float = opt(0.0, "AdamW weight decay.")
-    retain_target: str = opt("self", "Retain targets: 'gold' (dataset answers, the paper) or 'self' (the base model's own greedy answers).")
-    retain_limit: int = opt(160, "Use at most this many retain pairs (0: all), a seeded sample.")
-    batch_size: int = opt(8, "Training batch size (sequences).")
+    rank: int = opt(8, "LoRA rank r.", ge=1)
+    alpha: float = opt(16.0, "LoRA alpha; the update is scaled by alpha / r.", gt=0)
+    dropout: float = opt(0.05, "LoRA dropout during training.", ge=0, lt=1)
+    targets: list = opt(["q", "v", "gate"], "Projection roles to adapt (q, k, v, o, gate, up, down).", choices=ROLES,
+                        item="LoRA target role", min_items=1)
+    first_layer: float = opt(0.0, "Lowest adapted layer: an index or a fraction of depth (0: all layers).", layer=True)
+    lr: float = opt(3e-4, "AdamW learning rate.", gt=0)
+    epochs: int = opt(2, "Passes over the training pairs.", ge=1)
+    max_steps: int = opt(0, "Stop after this many optimiser steps (0: use epochs).", ge=0)
+    warmup_steps: int = opt(5, "Linear warm-up steps (the reference warms up over the whole run).", ge=0)
+    weight_decay: float = opt(0.0, "AdamW weight decay.", ge=0)
+    retain_target: str = opt("self", "Retain targets: 'gold' (dataset answers, the paper) or 'self' (the base model's own greedy answers).",
+                             choices=RETAIN_TARGETS)
+    retain_limit: int = opt(160, "Use at most this many retain pairs (0: all), a seeded sample.", ge=0)
+    batch_size: int = opt(8, "Training batch size (sequences).", ge=1)
 
 
 def target_modules(model, cfg: SanitizationConfig) -> list[str]:

@@ -61,24 +61,26 @@ KL_DIRECTIONS = ("edited||base", "base||edited")
 
 @dataclass
 class DINMConfig(MethodConfig):
-    steps: int = opt(10, "Adam steps per instance (paper / EasyEdit LLaMA-2-7B: num_steps=10).")
+    steps: int = opt(10, "Adam steps per instance (paper / EasyEdit LLaMA-2-7B: num_steps=10; 0: an identity edit).", ge=0)
     lr: float = opt(0.00625, "Adam learning rate relative to the RMS of the tuned weight (step size = lr * rms(W)). "
                     "EasyEdit's 5e-4 on LLaMA-2-7B down_proj weights (RMS ~0.02) is ~0.025; on SmolLM2-135M (RMS ~0.19) "
                     "a quarter of that (1.2e-3) was the best measured: SafeEdit first50 DS 92%, DG_avg +37 points, "
-                    "locality 93.8% (0.0125: DS 90%, +34.5, 87.5%; 0.025: locality 77.5% on 5 instances).")
-    abs_lr: float = opt(0.0, "Absolute Adam learning rate; overrides lr when > 0 (EasyEdit LLaMA-2-7B: 5e-4).")
+                    "locality 93.8% (0.0125: DS 90%, +34.5, 87.5%; 0.025: locality 77.5% on 5 instances).", gt=0)
+    abs_lr: float = opt(0.0, "Absolute Adam learning rate; overrides lr when > 0 (EasyEdit LLaMA-2-7B: 5e-4).", ge=0)
     kl_weight: float = opt(10.0, "Weight of the general-knowledge KL term relative to the safe-response NLL. "
-                           "EasyEdit's kl_factor=0.1 scales the NLL instead (0.1*NLL + KL), the same under Adam.")
-    kl_direction: str = opt("edited||base", "KL(edited || base) or 'base||edited' (EasyEdit's kl_loc_loss).")
-    weight_decay: float = opt(0.0, "Adam weight decay (EasyEdit: 0).")
-    max_length: int = opt(1000, "Most tokens of prompt + response; longer prompts lose tokens from the left (EasyEdit: 1000).")
-    layer: object = opt(None, "Tune this layer for every instance (index or depth fraction); None: locate it per instance.")
+                           "EasyEdit's kl_factor=0.1 scales the NLL instead (0.1*NLL + KL), the same under Adam.", ge=0)
+    kl_direction: str = opt("edited||base", "KL(edited || base) or 'base||edited' (EasyEdit's kl_loc_loss).",
+                            choices=KL_DIRECTIONS)
+    weight_decay: float = opt(0.0, "Adam weight decay (EasyEdit: 0).", ge=0)
+    max_length: int = opt(1000, "Most tokens of prompt + response; longer prompts lose tokens from the left (EasyEdit: 1000).", ge=1)
+    layer: object = opt(None, "Tune this layer for every instance (index or depth fraction); None: locate it per instance.",
+                        layer=True)
     system_suffix: str = opt(EASYEDIT_SUFFIX, "Appended (after a space) to every user message, before and after editing "
                              "(EasyEdit's suffix_system_prompt); '' for none.")
-    stop_loss: float = opt(1e-4, "Stop early once the loss falls below this (EasyEdit: 1e-4).")
+    stop_loss: float = opt(1e-4, "Stop early once the loss falls below this (EasyEdit: 1e-4).", ge=0)
     shortcut: bool = opt(True, "Run only the layers from the tuned one up during tuning (their input is fixed); "
                          "checked against the full model on the first pass, which is used where they differ.")
-    batch_size: int = opt(1, "Unused: DINM edits one instance at a time.")
+    batch_size: int = opt(1, "Unused: DINM edits one instance at a time.", ge=1)
 
 
 # ---- inputs ----------------------------------------------------------------------------------

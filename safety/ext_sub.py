@@ -50,37 +50,45 @@ from dataclasses import dataclass
 from trustedit.methods.base import Method, MethodConfig, opt, sample_items, set_seed
 
 COMBINATIONS = ("ext-sub", "negation", "expert")
+DATA_SOURCES = ("rtp", "jigsaw+paradetox")
+
+from trustedit.methods.lora import ROLES  # noqa: E402  (the roles ExtSubConfig.targets may name)
 
 
 @dataclass
 class ExtSubConfig(MethodConfig):
-    rank: int = opt(16, "LoRA rank r of both adapters (the paper: 16).")
-    alpha: float = opt(32.0, "LoRA alpha; each update is scaled by alpha / r (the paper: 32).")
-    dropout: float = opt(0.05, "LoRA dropout during training.")
-    targets: list = opt(["q", "v"], "Projection roles adapted (the paper: q, v).")
-    lr: float = opt(5e-4, "AdamW learning rate of both adapters.")
-    epochs: int = opt(1, "Passes over each side's training pairs.")
-    max_steps: int = opt(0, "Stop each adapter after this many optimiser steps (0: use epochs).")
-    warmup_steps: int = opt(10, "Linear warm-up steps, then linear decay.")
-    batch_size: int = opt(16, "Training batch size (sequences).")
+    rank: int = opt(16, "LoRA rank r of both adapters (the paper: 16).", ge=1)
+    alpha: float = opt(32.0, "LoRA alpha; each update is scaled by alpha / r (the paper: 32).", gt=0)
+    dropout: float = opt(0.05, "LoRA dropout during training.", ge=0, lt=1)
+    targets: list = opt(["q", "v"], "Projection roles adapted (the paper: q, v).", choices=ROLES,
+                        item="LoRA target role", min_items=1)
+    lr: float = opt(5e-4, "AdamW learning rate of both adapters.", gt=0)
+    epochs: int = opt(1, "Passes over each side's training pairs.", ge=1)
+    max_steps: int = opt(0, "Stop each adapter after this many optimiser steps (0: use epochs).", ge=0)
+    warmup_steps: int = opt(10, "Linear warm-up steps, then linear decay.", ge=0)
+    batch_size: int = opt(16, "Training batch size (sequences).", ge=1)
     train_limit: int = opt(2000, "Training texts per side, a seeded sample (0: all; rtp: ~1,170 non-toxic / ~1,630 toxic; "
-                           "jigsaw+paradetox: ~25k / ~17k).")
+                           "jigsaw+paradetox: ~25k / ~17k).", ge=0)
     data_source: str = opt("rtp", "Training text: 'rtp' (RealToxicityPrompts prompt -> its original continuation, toxic side "
                            "Perspective >= 0.5, non-toxic side < 0.1; the prompts the job evaluates are excluded) or "
-                           "'jigsaw+paradetox' (sentences cut into prompt and rest; on RTP its expert raised toxicity).")
+                           "'jigsaw+paradetox' (sentences cut into prompt and rest; on RTP its expert raised toxicity).",
+                           choices=DATA_SOURCES)
     normalize_text: bool = opt(True, "Detokenise and sentence-case the training text (the toxic sides ship lower-cased and pre-tokenised, "
                                      "the ParaDetox rewrites do not), so that the adapters differ by toxicity, not typography.")
-    prompt_fraction: float = opt(0.5, "Share of each training sentence's words used as the prompt; the loss is on the rest.")
-    min_words: int = opt(6, "Skip training sentences shorter than this many words.")
-    combine: str = opt("ext-sub", "How the adapters combine: 'ext-sub' (subtract the deficiency), 'negation' (ΔW⁺ − λΔW⁻), 'expert' (ΔW⁺).")
-    lam: float = opt(1.0, "λ, the weight of the subtracted anti-expert part.")
-    eps: float = opt(1e-8, "Added to every row norm.")
-    factor_rank: int = opt(0, "0: store the combined update as dense deltas (exact); k > 0: factor each to rank k by SVD.")
+    prompt_fraction: float = opt(0.5, "Share of each training sentence's words used as the prompt; the loss is on the rest.",
+                                  gt=0, lt=1)
+    min_words: int = opt(6, "Skip training sentences shorter than this many words.", ge=1)
+    combine: str = opt("ext-sub", "How the adapters combine: 'ext-sub' (subtract the deficiency), 'negation' (ΔW⁺ − λΔW⁻), 'expert' (ΔW⁺).",
+                       choices=COMBINATIONS)
+    lam: float = opt(1.0, "λ, the weight of the subtracted anti-expert part.", ge=0)
+    eps: float = opt(1e-8, "Added to every row norm.", gt=0)
+    factor_rank: int = opt(0, "0: store the combined update as dense deltas (exact); k > 0: factor each to rank k by SVD.", ge=0)
 
 
 @dataclass
 class NegationConfig(ExtSubConfig):
-    combine: str = opt("negation", "How the adapters combine: 'ext-sub', 'negation' (ΔW⁺ − λΔW⁻, the default here) or 'expert'.")
+    combine: str = opt("negation", "How the adapters combine: 'ext-sub', 'negation' (ΔW⁺ − λΔW⁻, the default here) or 'expert'.",
+                       choices=COMBINATIONS)
 
 
 # ---- the formula ----------------------------------------------------------------------------------

@@ -279,3 +279,37 @@ def test_copy_of_real_folder_loads_via_explicit_path(tmp_path):
     dst = tmp_path / "wb"
     shutil.copytree(src, dst)
     assert D.load_winobias("dev", path=dst).fingerprint == D.load_winobias("dev").fingerprint
+
+
+@pytest.mark.parametrize("bad", ["NaN", "Infinity", "-Infinity"])
+@pytest.mark.parametrize("column, field", [(1, "factual_score"), (2, "stereotypical_score")])
+def test_non_finite_profession_scores(tmp_path, bad, column, field):
+    p = tmp_path / "professions.json"
+    row = ["clerk", 0.1, 0.2]
+    row[column] = "@"
+    p.write_text(json.dumps([["nurse", -0.1, -0.8], row]).replace('"@"', bad))  # json.loads accepts NaN/Infinity
+    with pytest.raises(DataError) as e:
+        D.load_dama_professions(p)
+    _one_line(e, p, 1, field)
+    assert "expected a finite number" in str(e.value)
+
+
+def test_non_finite_gender_score(tmp_path):
+    t = tmp_path / "train.json"
+    t.write_text(json.dumps([{"prompt": "The nurse said that", "subject": "The nurse", "target_new": {"str": "he"},
+                              "gender_score": "@"}]).replace('"@"', "NaN"))
+    with pytest.raises(DataError) as e:
+        D.load_dama_train(path=t)
+    _one_line(e, t, 0, "gender_score")
+
+
+@pytest.mark.parametrize("which", ["male", "female"])
+@pytest.mark.parametrize("content", ["", "\n  \n"])
+def test_empty_occupations_file_is_blamed(tmp_path, which, content):
+    d = _winobias_folder(tmp_path, "2 The developer called [the nurse] because [she] was late.")
+    (d / f"{which}_occupations.txt").write_text(content)
+    for load in (lambda: D.load_winobias("test", path=d), lambda: D.load_winobias_occupations(d)):
+        with pytest.raises(DataError) as e:
+            load()
+        _one_line(e, d / f"{which}_occupations.txt", None, None)
+        assert "empty" in str(e.value) and "stereotyped" not in str(e.value)

@@ -248,3 +248,161 @@ def test_erase_end_to_end_tiny_llama(tmp_path, tiny_llama):
     patch.apply(tiny_llama.model)
     for name in patch.deltas:
         assert torch_equal(merged[name], dict(tiny_llama.model.named_parameters())[name])
+
+
+@pytest.mark.parametrize("args, needle", [
+    (("detox", "--set", "combine=bogus"), "--set combine=bogus: ExtSubConfig option 'combine' must be one of 'ext-sub'"),
+    (("detox", "--method", "dinm", "--set", "kl_direction=x"), "DINMConfig option 'kl_direction' must be one of"),
+    (_erase("--set", "epochs=-1"), "--set epochs=-1: SanitizationConfig option 'epochs' must be an integer >= 1"),
+    (_erase("--method", "ft-m", "--set", "lr=nan"), "FTMConfig option 'lr' must be a finite number > 0, got nan"),
+    (("debias", "--set", "components=inf"), "DAMAConfig option 'components' must be a finite number > 0"),
+    (("debias", "--method", "inlp", "--set", "classifier=tree"), "INLPConfig option 'classifier' must be one of"),
+])
+def test_bad_method_options_fail_when_the_config_is_built(tmp_path, args, needle):
+    """An invalid --set fails before any data or model is loaded (ext-sub's combine used to fail
+    only after both adapters were trained)."""
+    rc, _, err, torch_imported = run_cli(tmp_path, *args)
+    assert needle in one_error_line(rc, err)
+    assert not torch_imported, "failed only after importing torch"
+    assert not list(tmp_path.glob("runs*")), "left a run directory behind"
+
+
+def test_config_file_type_error_names_the_file(tmp_path):
+    (tmp_path / "opts.json").write_text(json.dumps({"lr": "abc"}))
+    rc, _, err, torch_imported = run_cli(tmp_path, *_erase("--config", "opts.json"))
+    assert "--config opts.json: option 'lr': expected float, got 'abc'" in one_error_line(rc, err)
+    (tmp_path / "opts.yaml").write_text("rank: 0\n")
+    rc, _, err, torch_imported = run_cli(tmp_path, *_erase("--config", "opts.yaml"))
+    assert "--config opts.yaml: SanitizationConfig option 'rank' must be an integer >= 1, got 0" in one_error_line(rc, err)
+    assert not torch_imported
+
+
+# ---- --out: an unusable location fails up front and nothing is left behind ---------------------
+
+
+def test_out_that_cannot_be_written_fails_before_any_work(tmp_path):
+    (tmp_path / "afile").write_text("keep")
+    for args, needle in ((("--out", "afile", "--overwrite"), "--out afile: is a file, not a folder"),
+                         (("--out", "afile"), "--out afile: is a file, not a folder"),
+                         (("--out", "afile/sub/run"), "afile is a file, not a folder")):
+        rc, _, err, torch_imported = run_cli(tmp_path, *_erase(*args))
+        assert needle in one_error_line(rc, err)
+        assert not torch_imported
+    assert (tmp_path / "afile").read_text() == "keep"
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        target = locked if not os.access(locked, os.W_OK) else ("/sys" if os.path.isdir("/sys") else None)
+        if target is None:
+            pytest.skip("no unwritable folder here")
+        rc, _, err, torch_imported = run_cli(tmp_path, *_erase("--out", f"{target}/run"))
+        assert f"--out {target}/run: cannot write in {target}" in one_error_line(rc, err)
+        assert not torch_imported
+    finally:
+        locked.chmod(0o755)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".") or p.name == "runs"]
+
+
+def test_failed_run_leaves_no_parent_folders(tmp_path):
+    rc, _, err, _ = run_cli(tmp_path, *_erase("--model", "missing/model.gguf", "--out", "deep/er/run"))
+    assert "no such GGUF file" in one_error_line(rc, err)
+    assert not (tmp_path / "deep").exists(), "check_target created the parent folders of --out"
+
+
+# ---- patch export / revert --------------------------------------------------------------------
+
+
+@pytest.fixture
+def exported(tmp_path, tiny_llama):
+    """A base folder, a patch for it (deltas that do not round-trip exactly) and a second patch."""
+    import torch
+
+    from trustedit.models import folder_fingerprint, save_plain
+    from trustedit.patch import Delta, Patch
+
+    base = tmp_path / "base"
+    base.mkdir()
+    save_plain(tiny_llama.model, tiny_llama.tokenizer, base)
+    fp = "folder-sha256:" + folder_fingerprint(base)
+    g = torch.Generator().manual_seed(1)
+    params = dict(tiny_llama.model.named_parameters())
+
+    def make(seed_scale):
+        deltas = {}
+        for n, p in params.items():
+            if p.dim() == 2 and ("q_proj" in n or "down_proj" in n):
+                o, i = p.shape
+                deltas[n] = Delta("lowrank", {"B": torch.randn(o, 2, generator=g) * seed_scale,
+                                              "A": torch.randn(2, i, generator=g)}, 0.5)
+            elif "up_proj" in n:
+                deltas[n] = Delta("dense", {"delta": torch.randn(p.shape, generator=g) * seed_scale / 10})
+        return Patch("test", deltas, {"base_model": {"fingerprint": fp, "spec": "base"}})
+
+    make(1e-2).save(tmp_path / "patch")
+    make(2e-2).save(tmp_path / "other")
+    return base
+
+
+def _weights_of(folder):
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_patch_export_then_revert_is_bit_exact(tmp_path, exported):
+    rc, out, err, _ = run_cli(tmp_path, "patch", "export", "patch", "--model", "base", "--out", "merged")
+    assert rc == 0, err
+    info = json.loads((tmp_path / "merged" / "trustedit-patch.json").read_text())
+    from trustedit.models import folder_fingerprint
+
+    assert info["merged"]["fingerprint"] == "folder-sha256:" + folder_fingerprint(tmp_path / "merged")
+    assert info["base_model"]["fingerprint"] == "folder-sha256:" + folder_fingerprint(exported)
+    assert info["revert"]["corrections"] > 0  # plain subtraction would not be exact
+    rc, out, err, _ = run_cli(tmp_path, "patch", "revert", "patch", "--model", "merged", "--out", "reverted")
+    assert rc == 0, err
+    assert "bit-exact" in out
+    base, back = _weights_of(exported), _weights_of(tmp_path / "reverted")
+    assert set(base) == set(back)
+    for k in base:
+        assert torch_equal(base[k], back[k]), k
+    record = json.loads((tmp_path / "reverted" / "trustedit-revert.json").read_text())
+    assert record["bit_exact"] is True and record["merged_fingerprint"] == info["merged"]["fingerprint"]
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary folder left behind"
+
+
+def test_patch_revert_refuses_a_model_the_patch_did_not_produce(tmp_path, exported):
+    rc, _, err, _ = run_cli(tmp_path, "patch", "revert", "patch", "--model", "base", "--out", "r1")
+    assert "base: no trustedit-patch.json" in one_error_line(rc, err)
+    rc, _, err, _ = run_cli(tmp_path, "patch", "export", "other", "--model", "base", "--out", "merged-other")
+    assert rc == 0, err
+    rc, _, err, _ = run_cli(tmp_path, "patch", "revert", "patch", "--model", "merged-other", "--out", "r2")
+    assert "merged-other was exported with another patch" in one_error_line(rc, err)
+    # the right patch, but the merged weights were changed afterwards
+    from safetensors.torch import save_file
+
+    w = _weights_of(tmp_path / "merged-other")
+    name = sorted(w)[0]
+    w[name] = w[name].clone()
+    w[name].view(-1)[0] += 1.0
+    save_file(w, str(tmp_path / "merged-other" / "model.safetensors"), metadata={"format": "pt"})
+    rc, _, err, _ = run_cli(tmp_path, "patch", "revert", "other", "--model", "merged-other", "--out", "r3")
+    assert "merged-other: weights changed since the export" in one_error_line(rc, err)
+    assert not any((tmp_path / r).exists() for r in ("r1", "r2", "r3"))
+
+
+def test_patch_out_is_checked_before_anything_is_loaded(tmp_path, exported):
+    (tmp_path / "afile").write_text("keep")
+    for action in ("export", "apply", "revert"):
+        rc, _, err, torch_imported = run_cli(tmp_path, "patch", action, "patch", "--model", "base", "--out", "afile",
+                                             "--overwrite")
+        assert "--out afile: is a file, not a folder" in one_error_line(rc, err)
+        assert not torch_imported, "loaded something before checking --out"
+        rc, _, err, torch_imported = run_cli(tmp_path, "patch", action, "patch", "--model", "base", "--out",
+                                             "afile/merged")
+        assert "afile is a file, not a folder" in one_error_line(rc, err)
+        assert not torch_imported
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("")
+    rc, _, err, torch_imported = run_cli(tmp_path, "patch", "export", "patch", "--model", "base", "--out", "full")
+    assert "already exists and is not empty" in one_error_line(rc, err) and not torch_imported

@@ -364,3 +364,132 @@ def test_export_merged_loads_with_same_weights(which, llama_factory, gpt2_factor
     again = load_model(str(out), "cpu", "float32")
     assert again.fingerprint.startswith("folder-sha256:")
     weights.assert_same(again.model, lm.model)
+
+
+# ---- half precision: add in fp32, round once --------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_apply_adds_in_fp32_and_rounds_once(dtype):
+    g = torch.Generator().manual_seed(11)
+    lin = torch.nn.Linear(48, 32, bias=False)
+    dense_lin = torch.nn.Linear(48, 32, bias=False)
+    model = torch.nn.ModuleDict({"a": lin, "b": dense_lin}).to(dtype)
+    base = {n: p.detach().clone() for n, p in model.named_parameters()}
+    B, A = torch.randn(32, 4, generator=g) * 1e-2, torch.randn(4, 48, generator=g) * 1e-1
+    D = torch.randn(32, 48, generator=g) * 3e-4
+    patch = Patch("t", {"a.weight": Delta("lowrank", {"B": B, "A": A}, 0.7), "b.weight": Delta("dense", {"delta": D})})
+    patch.apply(model)
+    want_a = (base["a.weight"].float() + (B.float() @ A.float()) * 0.7).to(dtype)
+    want_b = (base["b.weight"].float() + D.float()).to(dtype)
+    assert torch.equal(model["a"].weight, want_a) and model["a"].weight.dtype == dtype
+    assert torch.equal(model["b"].weight, want_b)
+    # casting the delta to half precision first (the old behaviour) rounds twice and differs
+    twice = base["b.weight"] + D.to(dtype)
+    assert not torch.equal(twice, want_b)
+    patch.revert(model)
+    for n, p in model.named_parameters():
+        assert torch.equal(p, base[n]), n
+
+
+# ---- digest, merged export metadata and the exact unmerge -------------------------------------
+
+
+def _random_patch(model, seed=1, scale=1e-2):
+    """Low-rank and dense deltas large enough that ``(w + d) - d != w`` on many elements."""
+    g = torch.Generator().manual_seed(seed)
+    deltas = {}
+    for n, p in model.named_parameters():
+        if p.dim() == 2 and ("q_proj" in n or "down_proj" in n):
+            o, i = p.shape
+            deltas[n] = Delta("lowrank", {"B": torch.randn(o, 2, generator=g) * scale, "A": torch.randn(2, i, generator=g)},
+                              0.5)
+        elif "up_proj" in n:
+            deltas[n] = Delta("dense", {"delta": torch.randn(p.shape, generator=g) * scale / 10})
+    return Patch("test", deltas, {"base_model": {"fingerprint": "test:base"}})
+
+
+def test_digest_follows_content(tiny_llama, tmp_path):
+    p = _random_patch(tiny_llama.model)
+    assert p.digest() == _random_patch(tiny_llama.model).digest()
+    assert p.digest() != _random_patch(tiny_llama.model, seed=2).digest()
+    p.save(tmp_path / "p")
+    assert Patch.load(tmp_path / "p").digest() == p.digest()  # survives save/load
+    q = _random_patch(tiny_llama.model)
+    next(iter(q.deltas.values())).scale = 0.25
+    assert q.digest() != p.digest()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_export_records_fingerprints_and_unmerge_is_bit_exact(llama_factory, tmp_path, weights, dtype):
+    from trustedit.models import folder_fingerprint, load_model
+    from trustedit.patch import EXPORT_INFO, REVERT_FILE, read_export
+
+    lm = llama_factory()
+    lm.model.to(dtype)
+    base = weights.snapshot(lm.model)
+    patch = _random_patch(lm.model)
+    out = patch.export_merged(lm.model, lm.tokenizer, tmp_path / "merged", base_fingerprint="test:the-base")
+    weights.assert_same(lm.model, base)
+    info = json.loads((out / EXPORT_INFO).read_text())
+    assert info["merged"]["fingerprint"] == "folder-sha256:" + folder_fingerprint(out)
+    assert info["base_model"]["fingerprint"] == "test:the-base" and info["patch_sha256"] == patch.digest()
+    assert info["method"] == "test" and "deltas" not in info
+    assert (out / REVERT_FILE).is_file() and not list(out.glob("trustedit*.safetensors"))
+    again = load_model(str(out), "cpu", "bfloat16" if dtype == torch.bfloat16 else "float32")
+    assert again.fingerprint == info["merged"]["fingerprint"]  # the same function load_model uses
+
+    # subtracting alone is not exact: the export's revert data is needed (the test is not vacuous)
+    plain = load_model(str(out), "cpu", str(dtype).replace("torch.", ""))
+    patch.unmerge(plain.model)
+    off = [n for n in patch.deltas if not torch.equal(_param(plain.model, n), base[n])]
+    assert off, "every delta round-trips exactly: the test proves nothing"
+    assert info["revert"]["corrections"] > 0
+
+    info2, corrections = read_export(out)
+    assert info2 == info
+    sums = patch.unmerge(again.model, corrections)
+    weights.assert_same(again.model, base)
+    assert sums == {n: t["sha256"] for n, t in info["revert"]["tensors"].items()}
+
+
+def test_read_export_rejects_damage(tiny_llama, tmp_path):
+    from trustedit.patch import EXPORT_INFO, REVERT_FILE, read_export
+
+    with pytest.raises(TrusteditError, match="not a folder written by `trustedit patch export`"):
+        read_export(tmp_path)
+    out = _random_patch(tiny_llama.model).export_merged(tiny_llama.model, tiny_llama.tokenizer, tmp_path / "m")
+    data = (out / REVERT_FILE).read_bytes()
+    (out / REVERT_FILE).write_bytes(data[:-4] + b"\0\0\0\0")
+    with pytest.raises(TrusteditError, match="does not match the SHA-256"):
+        read_export(out)
+    (out / EXPORT_INFO).write_text(json.dumps({"method": "x"}))
+    with pytest.raises(TrusteditError, match="records no merged fingerprint"):
+        read_export(out)
+    (out / EXPORT_INFO).write_text("{")
+    with pytest.raises(TrusteditError, match="unreadable"):
+        read_export(out)
+
+
+@pytest.mark.parametrize("manifest, needle", [
+    ([1, 2], "expected a JSON object"),
+    ({"format": PATCH_FORMAT, "deltas": [1]}, "field 'deltas' must be an object"),
+    ({"format": PATCH_FORMAT, "deltas": {"w": 3}}, "expected an object"),
+    ({"format": PATCH_FORMAT, "deltas": {"w": {"kind": "sparse", "tensors": {}}}}, "unknown kind 'sparse'"),
+    ({"format": PATCH_FORMAT, "deltas": {"w": {"kind": "dense", "scale": 1, "tensors": {"B": "d0.B"}}}},
+     "a dense delta has tensors"),
+    ({"format": PATCH_FORMAT, "deltas": {"w": {"kind": "dense", "scale": "x", "tensors": {"delta": "d0.delta"}}}},
+     "field 'scale' must be a finite number"),
+    ({"format": PATCH_FORMAT, "deltas": {"w": {"kind": "dense", "scale": 1, "tensors": {"delta": "nope"}}}},
+     "refers to missing"),
+    ({"format": PATCH_FORMAT, "deltas": {"w": {"kind": "lowrank", "scale": 1, "tensors": {"A": "d0.delta", "B": "d0.delta"}}}},
+     "do not multiply"),
+])
+def test_tampered_manifest_is_one_line(tmp_path, manifest, needle):
+    from safetensors.torch import save_file
+
+    save_file({"d0.delta": torch.zeros(3, 4)}, str(tmp_path / "patch.safetensors"))
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(TrusteditError) as e:
+        Patch.load(tmp_path)
+    assert needle in str(e.value) and "\n" not in str(e.value)

@@ -420,46 +420,9 @@ def _cmd_compare(args) -> int:
 
 
 def _cmd_patch(args) -> int:
-    import json
+    from trustedit.patch_cli import run
 
-    from trustedit.models import load_model
-    from trustedit.patch import Patch
-    from trustedit.rundir import check_target
-
-    if args.action != "show":
-        from trustedit.errors import UsageError
-
-        if not args.out:
-            raise UsageError(f"patch {args.action} needs --out FOLDER for the resulting weights")
-        if args.action == "revert" and not args.model:
-            raise UsageError("patch revert needs --model MERGED_FOLDER (the patched weights to undo)")
-        check_target(args.out, args.overwrite)
-    patch = Patch.load(args.patch)
-    if args.action == "show":
-        print(json.dumps({k: v for k, v in patch.manifest.items() if k != "deltas"}, indent=1, default=str))
-        return 0
-    base = patch.manifest.get("base_model", {})
-    lm = load_model(args.model or base.get("spec"), args.device, "float32")
-    if args.action in ("apply", "export"):
-        _check(patch, lm)
-        patch.export_merged(lm.model, lm.tokenizer, args.out)
-        print(f"wrote merged weights to {args.out}")
-    else:  # revert: --model is a merged (patched) folder; subtract the deltas
-        from trustedit.models import save_folder
-
-        patch.unmerge(lm.model)
-        save_folder(lm.model, lm.tokenizer, args.out)
-        print(f"wrote {args.out}: the deltas subtracted from {args.model} (exact up to float rounding; "
-              "in memory, Patch.revert is bit-exact)")
-    return 0
-
-
-def _check(patch, lm) -> None:
-    from trustedit.errors import TrusteditError
-
-    fp = patch.manifest.get("base_model", {}).get("fingerprint")
-    if fp and fp != lm.fingerprint:
-        raise TrusteditError(f"{patch.manifest.get('method')} patch was made for {fp}, this model is {lm.fingerprint}")
+    return run(args)
 
 
 def _cmd_data(args) -> int:

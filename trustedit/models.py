@@ -10,11 +10,12 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trustedit.rundir import atomic_dir, make_tmp_dir
+from trustedit.rundir import atomic_dir, make_tmp_dir, owner_tag, remove_stale_tmp
 from trustedit.errors import ArchitectureError, TrusteditError
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -151,21 +152,35 @@ def resolve(spec: str | None) -> tuple[str, str, str]:
 
 
 def gguf_to_folder(gguf_path: Path) -> tuple[Path, str]:
-    """Convert a GGUF file to an fp32 safetensors folder once; return (folder, sha256)."""
+    """Convert a GGUF file to an fp32 safetensors folder once; return (folder, sha256).
+
+    The folder's ``trustedit-converted.json`` lists every file it holds with its size and
+    SHA-256; a cached folder that no longer matches (a truncated or damaged file, a missing
+    one, an unreadable safetensors header) is rebuilt."""
     digest = sha256_file(gguf_path)
     folder = cache_root() / "converted" / f"{digest[:32]}-v{CONVERT_VERSION}"
     if (folder / "trustedit-converted.json").is_file():
-        return folder, digest
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+        problem = converted_folder_problem(folder)
+        if not problem:
+            return folder, digest
+        print(f"trustedit: note: the cached conversion {folder} is damaged ({problem}); rebuilding it", file=sys.stderr)
+        _discard(folder)
+    elif folder.exists():
+        _discard(folder)  # no manifest: an unfinished or foreign folder
+    check_gguf(gguf_path)
     folder.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp(folder)
     tmp = make_tmp_dir(folder)
     try:
-        save_plain(model, tok, tmp)
-        meta = {"gguf": str(gguf_path), "sha256": digest, "dtype": "float32", **gguf_tokenizer_flags(gguf_path)}
+        try:
+            convert_gguf(gguf_path, tmp)
+        except TrusteditError:
+            raise
+        except Exception as e:  # noqa: BLE001 - transformers' GGUF loader raises many kinds
+            raise TrusteditError(f"{gguf_path}: cannot convert the GGUF file ({_first_line(e)})") from None
+        meta = {"gguf": str(gguf_path), "sha256": digest, "dtype": "float32", **gguf_tokenizer_flags(gguf_path),
+                "files": {f.name: {"size": f.stat().st_size, "sha256": sha256_file(f)}
+                          for f in sorted(tmp.iterdir()) if f.is_file()}}
         (tmp / "trustedit-converted.json").write_text(json.dumps(meta, indent=1))
         if folder.exists():  # a concurrent conversion won the race
             shutil.rmtree(tmp)
@@ -177,7 +192,111 @@ def gguf_to_folder(gguf_path: Path) -> tuple[Path, str]:
     return folder, digest
 
 
-CONVERT_VERSION = 2
+CONVERT_VERSION = 3  # 3: trustedit-converted.json lists each file's size and SHA-256 (checked on every load)
+HASH_CHECK_MAX_BYTES = 2 << 30  # converted folders up to this size are also re-hashed on load (~1 s per 500 MB)
+
+
+def convert_gguf(gguf_path: Path, folder: Path) -> None:
+    """De-quantise ``gguf_path`` with transformers and save it as a plain fp32 folder."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+    save_plain(model, tok, folder)
+
+
+def check_gguf(path: Path) -> None:
+    """A one-line TrusteditError naming ``path`` unless it parses as GGUF (magic, header,
+    metadata, and tensor data that fits in the file)."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise TrusteditError(f"{path}: unreadable ({e.strerror or e})") from None
+    if magic != b"GGUF":
+        raise TrusteditError(f"{path}: not a GGUF file (starts with {magic!r}, expected b'GGUF')")
+    try:
+        from gguf import GGUFReader
+
+        GGUFReader(str(path))
+    except Exception as e:  # noqa: BLE001 - the reader raises ValueError, IndexError, ... on damage
+        raise TrusteditError(f"{path}: damaged or truncated GGUF file ({_first_line(e)})") from None
+
+
+def converted_folder_problem(folder: Path) -> str | None:
+    """Why a cached conversion cannot be used (None: it can): every file that
+    ``trustedit-converted.json`` lists is present with its size, every safetensors header parses
+    and covers the file exactly, and (for folders up to HASH_CHECK_MAX_BYTES) every SHA-256 matches."""
+    try:
+        meta = json.loads((folder / "trustedit-converted.json").read_text())
+        files = meta["files"]
+        if not isinstance(files, dict) or not files:
+            return "no file list"
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"unreadable trustedit-converted.json ({e})"
+    total = 0
+    for name, entry in files.items():
+        if not isinstance(entry, dict):
+            return f"trustedit-converted.json: no size and SHA-256 for {name}"
+        f = folder / name
+        try:
+            size = f.stat().st_size
+        except OSError:
+            return f"{name} is missing"
+        if size != entry.get("size"):
+            return f"{name} has {size} bytes, expected {entry.get('size')}"
+        if name.endswith(".safetensors"):
+            problem = safetensors_problem(f)
+            if problem:
+                return f"{name}: {problem}"
+        total += size
+    if total <= HASH_CHECK_MAX_BYTES:
+        for name, entry in files.items():
+            if sha256_file(folder / name) != entry.get("sha256"):
+                return f"{name} does not match its SHA-256"
+    return None
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why ``path`` is not a complete safetensors file (header length, JSON header, and the
+    tensors' byte ranges ending exactly at the end of the file), or None."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            raw = f.read(8)
+            if len(raw) < 8:
+                return "shorter than a safetensors header"
+            n = int.from_bytes(raw, "little")
+            if n > min(size - 8, 100 << 20):
+                return f"header length {n} does not fit the file"
+            header = json.loads(f.read(n))
+    except (OSError, ValueError) as e:
+        return f"unreadable safetensors header ({_first_line(e)})"
+    if not isinstance(header, dict):
+        return "safetensors header is not a JSON object"
+    try:
+        ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+    except (TypeError, KeyError, IndexError, ValueError):
+        return "safetensors header lacks tensor byte ranges"
+    if 8 + n + max(ends, default=0) != size:
+        return f"the tensors end at byte {8 + n + max(ends, default=0)}, the file has {size}"
+    return None
+
+
+def _discard(folder: Path) -> None:
+    """Move a cached folder aside and delete it (a concurrent reader keeps its open files)."""
+    aside = folder.parent / f".{folder.name}.old-{owner_tag()}-{os.urandom(3).hex()}"
+    try:
+        os.replace(folder, aside)
+    except OSError:
+        return
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
 
 
 def gguf_tokenizer_flags(gguf_path: Path) -> dict:
@@ -212,9 +331,9 @@ def save_plain(model, tokenizer, folder: Path) -> None:
     tokenizer.save_pretrained(folder)
 
 
-def save_folder(model, tokenizer, out, extra: dict | None = None) -> Path:
+def save_folder(model, tokenizer, out, extra: dict | None = None, overwrite: bool = True) -> Path:
     """Atomically write a plain HF folder at ``out`` (plus ``extra`` name -> text files)."""
-    with atomic_dir(out, overwrite=True) as tmp:
+    with atomic_dir(out, overwrite=overwrite) as tmp:
         save_plain(model, tokenizer, tmp)
         for name, text in (extra or {}).items():
             (tmp / name).write_text(text)
@@ -228,12 +347,39 @@ def check_folder_architecture(folder: Path) -> None:
 
     cfg = folder / "config.json"
     try:
-        model_type = json.loads(cfg.read_text()).get("model_type")
-    except (json.JSONDecodeError, OSError) as e:
-        raise TrusteditError(f"{cfg}: unreadable config ({e})") from None
+        config = json.loads(cfg.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise TrusteditError(f"{cfg}: unreadable config (invalid JSON at line {e.lineno}: {e.msg})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise TrusteditError(f"{cfg}: unreadable config ({_first_line(e)})") from None
+    if not isinstance(config, dict):
+        raise TrusteditError(f"{cfg}: unreadable config (expected a JSON object, got {type(config).__name__})")
+    model_type = config.get("model_type")
     if model_type not in ARCHITECTURES:
         raise ArchitectureError(f"{cfg}: field 'model_type': unsupported architecture model_type={model_type!r} "
                                 f"(supported: {', '.join(sorted(ARCHITECTURES))})")
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")  # torch.load formats: loading one can run code
+ALLOW_PICKLE_ENV = "TRUSTEDIT_ALLOW_PICKLE"
+
+
+def pickle_allowed(allow_pickle: bool = False) -> bool:
+    return bool(allow_pickle) or os.environ.get(ALLOW_PICKLE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def check_weight_files(folder: Path, allow_pickle: bool = False) -> bool:
+    """Refuse a folder whose weights exist only as pickles (unless allowed). Returns whether the
+    folder has safetensors weights (then only those are read)."""
+    names = sorted(os.listdir(folder))
+    if any(n.endswith(".safetensors") for n in names):
+        return True
+    pickles = [n for n in names if n.endswith(PICKLE_SUFFIXES)]
+    if pickles and not pickle_allowed(allow_pickle):
+        shown = ", ".join(pickles[:3]) + (", ..." if len(pickles) > 3 else "")
+        raise TrusteditError(f"{folder}: holds only pickle weights ({shown}), which can run code when loaded; convert "
+                             f"them to safetensors, or opt in with {ALLOW_PICKLE_ENV}=1 (load_model(allow_pickle=True))")
+    return False
 
 
 def folder_fingerprint(folder: Path) -> str:
@@ -269,11 +415,18 @@ def pick_dtype(dtype: str | None, device: str):
     return dtype, getattr(torch, dtype)
 
 
-def load_model(spec: str | None = None, device: str | None = "cpu", dtype: str | None = "auto") -> LoadedModel:
-    """Load a causal LM and its tokenizer, ready for editing (eval mode, known architecture)."""
+def load_model(spec: str | None = None, device: str | None = "cpu", dtype: str | None = "auto",
+               allow_pickle: bool = False) -> LoadedModel:
+    """Load a causal LM and its tokenizer, ready for editing (eval mode, known architecture).
+
+    Weights are read from safetensors only: a folder (or Hub repository) that has only pickle
+    weights (``*.bin``, ``*.pt``, ``*.pth``, ``*.ckpt``) is refused unless ``allow_pickle`` or
+    ``$TRUSTEDIT_ALLOW_PICKLE=1``, since unpickling can run arbitrary code."""
     kind, location, display = resolve(spec)
+    safetensors_only = not pickle_allowed(allow_pickle)
     if kind == "folder":
         check_folder_architecture(Path(location))
+        safetensors_only = check_weight_files(Path(location), allow_pickle) or safetensors_only
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from trustedit.arch import arch_for
@@ -294,12 +447,15 @@ def load_model(spec: str | None = None, device: str | None = "cpu", dtype: str |
     else:
         load_from = location
         fingerprint = "hub:" + location
+    extra = {"use_safetensors": True} if safetensors_only or kind == "gguf" else {}
     try:
         tok = AutoTokenizer.from_pretrained(load_from)
-        model = AutoModelForCausalLM.from_pretrained(load_from, dtype=torch_dtype)
+        model = AutoModelForCausalLM.from_pretrained(load_from, dtype=torch_dtype, **extra)
     except (OSError, ValueError, KeyError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise TrusteditError(f"{display}: cannot load model ({first})") from None
+    except Exception as e:  # noqa: BLE001 - a folder that is not what it claims (damaged weights, odd config)
+        raise TrusteditError(f"{display}: cannot load model ({_first_line(e)})") from None
     try:
         arch_for(model)
     except ArchitectureError as e:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -99,6 +100,8 @@ def _text(path: Path, index, record, name: str) -> str:
 def _number(path: Path, index, value, name: str, lo: float | None = None, hi: float | None = None) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise DataError(path, index, name, f"expected a number, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise DataError(path, index, name, f"expected a finite number, got {value}")
     if (lo is not None and value < lo) or (hi is not None and value > hi):
         raise DataError(path, index, name, f"{value} is outside [{lo}, {hi}]")
     return float(value)
@@ -252,8 +255,13 @@ def load_winobias_occupations(path: PathLike = None) -> dict[str, list[str]]:
     """``{"male": [...], "female": [...]}`` from ``{male,female}_occupations.txt`` in ``path``
     (the WinoBias folder)."""
     folder = require(WINOBIAS_DIR, path)
-    return {g: [ln.strip() for ln in _read_lines(Path(folder) / f"{g}_occupations.txt") if ln.strip()]
-            for g in ("male", "female")}
+    out = {}
+    for g in ("male", "female"):
+        f = Path(folder) / f"{g}_occupations.txt"
+        out[g] = [ln.strip() for ln in _read_lines(f) if ln.strip()]
+        if not out[g]:
+            raise DataError(f, problem="empty: expected one occupation per line")
+    return out
 
 
 def _occupation_mentions(sentence: str, occupations: Sequence[str]) -> list[str]:

@@ -1,5 +1,6 @@
-"""What every method shares: a config dataclass whose fields carry their own help text, the
-way configs are resolved from a file and ``--set key=value``, and the training loop."""
+"""What every method shares: a config dataclass whose fields carry their own help text and
+constraints, the way configs are resolved from a file and ``--set key=value``, and the
+training loop."""
 
 from __future__ import annotations
 
@@ -11,25 +12,48 @@ from pathlib import Path
 
 from trustedit.errors import NumericalError, UsageError
 
+RETAIN_TARGETS = ("gold", "self")  # see retain_pairs
 
-def opt(default, help: str, **kw):
-    """A config field with its help text (PEFT style)."""
+
+def opt(default, help: str, *, gt=None, ge=None, lt=None, le=None, choices=None, finite=None, layer=False,
+        min_items=None, check=None, item=None, **kw):
+    """A config field with its help text (PEFT style) and the values it accepts, checked by
+    :meth:`MethodConfig.__post_init__` whenever a config is built:
+
+    * ``gt`` / ``ge`` / ``lt`` / ``le``: bounds of a number (of each item of a list);
+    * ``choices``: the allowed values (of each item of a list);
+    * ``finite``: NaN and infinities are refused (default: on for numbers);
+    * ``layer``: a layer index (an int, negative counts from the top) or a fraction of depth in
+      [0, 1); a float with an integral value outside [0, 1) counts as an index;
+    * ``min_items``: the shortest list allowed; ``item``: what one item of a list with choices is
+      called in errors ("unknown LoRA target role 'qkv' (known: ...)");
+    * ``check(value) -> str | None``: a further rule; the string says what the value must be.
+
+    An int field takes only ints, a float field ints or floats (never bools)."""
+    rules = {"gt": gt, "ge": ge, "lt": lt, "le": le, "choices": tuple(choices) if choices is not None else None,
+             "finite": finite, "layer": layer or None, "min_items": min_items, "check": check, "item": item}
+    meta = {"help": help, **{k: v for k, v in rules.items() if v is not None}, **kw}
     if isinstance(default, (list, dict, set)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
-    return field(default=default, metadata={"help": help, **kw})
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
 class MethodConfig:
-    seed: int = opt(0, "Random seed for data order, dropout and initialisation.")
-    batch_size: int = opt(8, "Training batch size (sequences).")
+    seed: int = opt(0, "Random seed for data order, dropout and initialisation.", ge=0)
+    batch_size: int = opt(8, "Training batch size (sequences).", ge=1)
+
+    def __post_init__(self):
+        """Check every field against its declared constraints (a one-line UsageError naming the
+        option, the value and what is allowed); normalise layer floats that are indices."""
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, check_option(type(self).__name__, f, getattr(self, f.name)))
 
     @classmethod
     def help_table(cls) -> list[tuple[str, object, str]]:
         out = []
         for f in dataclasses.fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            out.append((f.name, default, f.metadata.get("help", "")))
+            out.append((f.name, _default(f), f.metadata.get("help", "")))
         return out
 
     def to_dict(self) -> dict:
@@ -37,60 +61,137 @@ class MethodConfig:
 
     @classmethod
     def resolve(cls, file: str | None = None, sets: list[str] | None = None, **overrides):
-        """Defaults, then ``file`` (JSON; a top-level ``method`` section is also accepted), then
-        ``--set key=value`` items, then keyword overrides."""
-        values: dict = {}
+        """Defaults, then ``file`` (JSON or YAML; a top-level ``method`` section is also
+        accepted), then ``--set key=value`` items, then keyword overrides (``None`` ignored).
+
+        Every value is coerced to its field's type and checked against the field's constraints;
+        an error names where the value came from (``--config FILE`` or ``--set key=value``)."""
+        values: dict = {}  # name -> (value, source); later sources replace earlier ones
         if file:
-            p = Path(file)
-            if not p.is_file():
-                raise UsageError(f"--config {file}: no such file")
-            try:
-                data = json.loads(p.read_text())
-            except json.JSONDecodeError as e:
-                raise UsageError(f"--config {file}: invalid JSON at line {e.lineno}: {e.msg}") from None
-            if not isinstance(data, dict):
-                raise UsageError(f"--config {file}: expected a JSON object")
-            section = data.get("method") if isinstance(data.get("method"), dict) else data
-            values.update({k: v for k, v in section.items() if k != "method"})
+            section = _read_config_file(file)
+            values.update({k: (v, f"--config {file}") for k, v in section.items() if k != "method"})
         for item in sets or []:
             if "=" not in item:
                 raise UsageError(f"--set {item!r}: expected key=value")
             k, v = item.split("=", 1)
-            values[k.strip()] = v.strip()
-        values.update({k: v for k, v in overrides.items() if v is not None})
+            values[k.strip()] = (v.strip(), f"--set {k.strip()}={v.strip()}")
+        values.update({k: (v, None) for k, v in overrides.items() if v is not None})
         fields = {f.name: f for f in dataclasses.fields(cls)}
         kwargs = {}
-        for k, v in values.items():
+        for k, (v, source) in values.items():
             if k not in fields:
-                raise UsageError(f"unknown {cls.__name__} option {k!r} (known: {', '.join(sorted(fields))})")
-            kwargs[k] = _coerce(k, v, fields[k])
+                where = f"{source}: " if source else ""
+                raise UsageError(f"{where}unknown {cls.__name__} option {k!r} (known: {', '.join(sorted(fields))})")
+            try:
+                kwargs[k] = check_option(cls.__name__, fields[k], _coerce(k, v, fields[k], source))
+            except UsageError as e:
+                if source and not str(e).startswith(source):
+                    raise UsageError(f"{source}: {e}") from None
+                raise
         return cls(**kwargs)
 
 
-def _coerce(name, value, f):
-    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+def _default(f):
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+
+def _read_config_file(file: str) -> dict:
+    """The option mapping in a ``--config`` file: JSON (``.json``), YAML (``.yaml``/``.yml``),
+    anything else JSON first, then YAML."""
+    p = Path(file)
+    if not p.is_file():
+        raise UsageError(f"--config {file}: no such file")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"--config {file}: unreadable ({e})") from None
+    ext = p.suffix.lower()
+    if ext == ".json":
+        data, kind = _parse_json(file, text), "JSON object"
+    elif ext in (".yaml", ".yml"):
+        data, kind = _parse_yaml(file, text), "YAML mapping"
+    else:
+        try:
+            data, kind = _parse_json(file, text), "JSON object"
+        except UsageError as json_error:
+            try:
+                data, kind = _parse_yaml(file, text), "YAML mapping"
+            except UsageError:
+                raise UsageError(f"{json_error} (and not YAML either)") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"--config {file}: expected a {kind} of options, got {type(data).__name__}")
+    section = data.get("method") if isinstance(data.get("method"), dict) else data
+    bad = [k for k in section if not isinstance(k, str)]
+    if bad:
+        raise UsageError(f"--config {file}: option names must be strings, got {bad[0]!r}")
+    return section
+
+
+def _parse_json(file, text):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UsageError(f"--config {file}: invalid JSON at line {e.lineno}: {e.msg}") from None
+
+
+def _parse_yaml(file, text):
+    try:
+        import yaml
+    except ImportError:
+        raise UsageError(f"--config {file}: reading YAML needs PyYAML (pip install pyyaml)") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).strip().splitlines()[0]
+        raise UsageError(f"--config {file}: invalid YAML{where}: {problem}") from None
+
+
+def _kind(default) -> type | None:
+    """The type a field's values must have, from its default (None: any)."""
+    for t in (bool, int, float, str):
+        if isinstance(default, t):
+            return t
+    if isinstance(default, (list, tuple)):
+        return list
+    return None
+
+
+def _coerce(name, value, f, source=None):
+    """``value`` (a string from ``--set``, or a value parsed from a config file) as the field's type."""
+    default = _default(f)
+    kind = _kind(default)
+    item_kind = _kind(default[0]) if kind is list and default and len({type(x) for x in default}) == 1 else None
+    type_name = f"list of {item_kind.__name__}" if item_kind in (int, float) else type(default).__name__
+    if source and source.startswith("--set"):
+        expected = lambda: UsageError(f"{source}: expected {type_name}")  # noqa: E731
+    else:
+        where = f"{source}: " if source else ""
+        expected = lambda: UsageError(f"{where}option {name!r}: expected {type_name}, got {value!r}")  # noqa: E731
     if not isinstance(value, str):
         ok = (default is None or isinstance(value, type(default))
-              or (isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool))
-              or (isinstance(default, (list, tuple)) and isinstance(value, (list, tuple))))
-        if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, bool):
+              or (kind is float and isinstance(value, int) and not isinstance(value, bool))
+              or (kind is list and isinstance(value, (list, tuple))))
+        if kind in (int, float) and isinstance(value, bool):
             ok = False
         if not ok:
-            raise UsageError(f"config option {name}={value!r}: expected {type(default).__name__}")
-        return list(value) if isinstance(default, list) else value
+            raise expected()
+        return list(value) if kind is list else value
     try:
-        if isinstance(default, bool):
+        if kind is bool:
             if value.lower() in ("1", "true", "yes", "on"):
                 return True
             if value.lower() in ("0", "false", "no", "off"):
                 return False
             raise ValueError
-        if isinstance(default, int):
+        if kind is int:
             return int(value)
-        if isinstance(default, float):
+        if kind is float:
             return float(value)
-        if isinstance(default, (list, tuple)):
-            return [x.strip() for x in value.split(",") if x.strip()]
+        if kind is list:  # items take the type of the default's items (context_lengths=5,10 -> [5, 10])
+            items = [x.strip() for x in value.split(",") if x.strip()]
+            return [item_kind(x) for x in items] if item_kind in (int, float) else items
         if default is None and value.lower() in ("none", "null", ""):
             return None
         if default is None:
@@ -100,7 +201,110 @@ def _coerce(name, value, f):
                 return value
         return value
     except ValueError:
-        raise UsageError(f"--set {name}={value}: expected {type(default).__name__}") from None
+        raise expected() from None
+
+
+def _number_text(x) -> str:
+    """A bound as written in an error: 0 rather than 0.0, 1e-10 as is."""
+    return str(int(x)) if isinstance(x, float) and x.is_integer() else repr(x)
+
+
+def _range_text(m: dict) -> str:
+    lo = ("gt", m["gt"]) if "gt" in m else ("ge", m["ge"]) if "ge" in m else None
+    hi = ("lt", m["lt"]) if "lt" in m else ("le", m["le"]) if "le" in m else None
+    if lo and hi:
+        return (f"in {'(' if lo[0] == 'gt' else '['}{_number_text(lo[1])}, {_number_text(hi[1])}"
+                f"{')' if hi[0] == 'lt' else ']'}")
+    sym = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+    return " ".join(f"{sym[r[0]]} {_number_text(r[1])}" for r in (lo, hi) if r)
+
+
+def _allowed_text(kind, m: dict) -> str:
+    """What a value of this field must be, in words."""
+    if m.get("layer"):
+        return "a layer index (an integer, negative counts from the top) or a fraction of depth in [0, 1)"
+    if "choices" in m:
+        return "one of " + ", ".join(repr(c) for c in m["choices"])
+    noun = "an integer" if kind is int else "a finite number" if m.get("finite", True) else "a number"
+    rng = _range_text(m)
+    return f"{noun} {rng}" if rng else noun
+
+
+def check_option(owner: str, f, value):
+    """``value`` checked against field ``f``'s type and constraints; returns it (layer floats
+    that are indices come back as ints). Raises a one-line UsageError naming the option."""
+    m, default = f.metadata, _default(f)
+    kind = _kind(default)
+
+    def bad(what, got=value):
+        return UsageError(f"{owner} option {f.name!r} must be {what}, got {got!r}")
+
+    if m.get("layer"):
+        return _check_layer(f, value, default, bad)
+    if kind is not None and not _has_kind(value, kind):
+        raise bad({int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list"}[kind])
+    items = list(value) if kind is list else [value]
+    if kind is list and "min_items" in m and len(items) < m["min_items"]:
+        raise bad(f"a list of at least {m['min_items']} items")
+    for x in items:
+        if _item_ok(x, m):
+            continue
+        if kind is not list:
+            raise bad(_allowed_text(kind, m))
+        if "item" in m and "choices" in m:
+            raise UsageError(f"{owner} option {f.name!r}: unknown {m['item']} {x!r} (known: {', '.join(m['choices'])})")
+        raise bad(_allowed_text(int if isinstance(x, int) else float, m) + " (each item)")
+    if "check" in m:
+        problem = m["check"](value)
+        if problem:
+            raise bad(problem)
+    return value
+
+
+def _item_ok(x, m: dict) -> bool:
+    """``x`` (a value, or one item of a list) within the choices and bounds of ``m``."""
+    if "choices" in m:
+        return x in m["choices"]
+    is_number = isinstance(x, (int, float)) and not isinstance(x, bool)
+    if not is_number:
+        return not any(k in m for k in ("gt", "ge", "lt", "le"))
+    if m.get("finite", True) and not math.isfinite(x):
+        return False
+    return not (("gt" in m and not x > m["gt"]) or ("ge" in m and not x >= m["ge"]) or ("lt" in m and not x < m["lt"])
+                or ("le" in m and not x <= m["le"]))
+
+
+def _has_kind(value, kind) -> bool:
+    if kind is list:
+        return isinstance(value, (list, tuple))
+    if kind in (int, float) and isinstance(value, bool):
+        return False
+    if kind is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, kind)
+
+
+def _check_layer(f, value, default, bad):
+    what = _allowed_text(None, f.metadata)
+    if value is None or value == "":
+        if default is None:
+            return value
+        raise bad(what)
+    if isinstance(value, str):
+        try:
+            value = float(value) if "." in value else int(value)
+        except ValueError:
+            raise bad(what) from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise bad(what)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise bad(what)
+        if value.is_integer() and (value >= 1 or value < 0):
+            return int(value)  # an index given as a float (--set first_layer=21 arrives as 21.0)
+        if not 0.0 <= value < 1.0:
+            raise bad(what)
+    return value
 
 
 def set_seed(seed: int):
@@ -154,7 +358,7 @@ def retain_pairs(lm, pairs, how: str, max_new_tokens: int = 16, batch_size: int 
 
     if how == "gold":
         return list(pairs)
-    if how != "self":
+    if how not in RETAIN_TARGETS:
         raise UsageError(f"retain_target must be 'gold' or 'self', got {how!r}")
     tok = lm.tokenizer
     was_training = lm.model.training

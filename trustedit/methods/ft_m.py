@@ -20,18 +20,23 @@ from trustedit.methods.base import (Method, MethodConfig, layer_index, opt, reta
                                     train_pairs, training_record)
 
 
+from trustedit.methods.base import RETAIN_TARGETS  # the values the config accepts
+
+
 @dataclass
 class FTMConfig(MethodConfig):
-    layer: float = opt(0.66, "Layer whose MLP down-projection is tuned: an int index, or a fraction of depth in [0,1).")
-    lr: float = opt(5e-4, "AdamW learning rate.")
-    epochs: int = opt(4, "Passes over the training pairs.")
-    max_steps: int = opt(0, "Stop after this many optimiser steps (0: use epochs).")
-    warmup_steps: int = opt(5, "Linear warm-up steps.")
-    weight_decay: float = opt(0.0, "AdamW weight decay.")
-    retain_weight: int = opt(1, "Copies of the retain pairs mixed into training (0: forget pairs only).")
-    retain_target: str = opt("self", "Retain targets: 'gold' (dataset answers, the paper) or 'self' (the base model's own greedy answers).")
-    retain_limit: int = opt(160, "Use at most this many retain pairs (0: all), a seeded sample.")
-    batch_size: int = opt(8, "Training batch size (sequences).")
+    layer: float = opt(0.66, "Layer whose MLP down-projection is tuned: an int index, or a fraction of depth in [0,1).",
+                       layer=True)
+    lr: float = opt(5e-4, "AdamW learning rate.", gt=0)
+    epochs: int = opt(4, "Passes over the training pairs.", ge=1)
+    max_steps: int = opt(0, "Stop after this many optimiser steps (0: use epochs).", ge=0)
+    warmup_steps: int = opt(5, "Linear warm-up steps.", ge=0)
+    weight_decay: float = opt(0.0, "AdamW weight decay.", ge=0)
+    retain_weight: int = opt(1, "Copies of the retain pairs mixed into training (0: forget pairs only).", ge=0)
+    retain_target: str = opt("self", "Retain targets: 'gold' (dataset answers, the paper) or 'self' (the base model's own greedy answers).",
+                             choices=RETAIN_TARGETS)
+    retain_limit: int = opt(160, "Use at most this many retain pairs (0: all), a seeded sample.", ge=0)
+    batch_size: int = opt(8, "Training batch size (sequences).", ge=1)
 
 
 def fit(lm, train, cfg: FTMConfig, stages=None):
