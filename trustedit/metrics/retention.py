@@ -57,12 +57,16 @@ def resolve_add_bos(tokenizer, add_bos: bool | None) -> bool:
     return bool(ids) and ids[0] == bos
 
 
-def _encode(tokenizer, text: str) -> list[int]:
+def _encode(tokenizer, text: str, guard: bool = True) -> list[int]:
+    """Token ids of ``text`` without special tokens. ``guard``: refuse first a text that cannot fit
+    the model's context (:func:`trustedit.prompts.guard_length`); documents scored in windows pass
+    ``guard=False``."""
     if not text:
         return []
-    from trustedit.prompts import guard_length
+    if guard:
+        from trustedit.prompts import guard_length
 
-    guard_length(tokenizer, text)
+        guard_length(tokenizer, text)
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
@@ -331,7 +335,7 @@ def perplexity_pass(model, tokenizer, documents: Sequence[str], max_length: int 
     jobs = []  # (doc index, window ids, n_new)
     n_pred = []
     for d, doc in enumerate(documents):
-        ids = _encode(tokenizer, doc)
+        ids = _encode(tokenizer, doc, guard=False)
         if bos:
             ids = [tokenizer.bos_token_id] + ids
         n_pred.append(max(0, len(ids) - 1))
