@@ -361,7 +361,7 @@ def _cmd_scorers(args) -> int:
 
 def _cmd_ls(args) -> int:
     from trustedit.jobs import JOBS
-    from trustedit.registry import DATASETS, METHODS, SUITE_GROUPS, SUITES, get_method, get_suite
+    from trustedit.registry import METHODS, SUITE_GROUPS, SUITES, get_method, get_suite
 
     if args.what == "methods":
         for name in METHODS:
@@ -383,10 +383,12 @@ def _cmd_ls(args) -> int:
             per = "; ".join(f"{m}: {', '.join(s)}" for m, s in spec.method_suites.items())
             print(f"{name:8s} {spec.help}\n{'':8s} methods: {', '.join(spec.methods)}; suites: {', '.join(spec.suites)}"
                   + (f" ({per})" if per else ""))
-    else:
-        for name, spec in DATASETS.items():
-            print(f"{name:20s} [{spec['task']}] {spec['description']}\n{'':20s} data: $TRUSTEDIT_DATA_DIR/{spec['env_path']}; "
-                  f"hub: {spec['hub']}; {spec['citation']}")
+    else:  # the datasets: the same listing as `trustedit data ls`
+        import argparse
+
+        from trustedit.data.command import run as data_run
+
+        return data_run(argparse.Namespace(data_action="ls", names=[]))
     return 0
 
 

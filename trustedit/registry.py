@@ -40,43 +40,6 @@ SUITE_GROUPS: dict[str, tuple[str, ...]] = {
     "toxicity": ("rtp", "extsub-greedy"),
 }
 
-# Dataset specs: small declarative descriptions, loaders named lazily.
-DATASETS: dict[str, dict] = {
-    "sanitation": {
-        "task": "erase",
-        "loader": "trustedit.data.sanitation:load",
-        "env_path": "sanitation/knowedit (or sanitation/original/triviaqa_N via --data)",
-        "hub": "zjunlp/KnowEdit (Sanitation)",
-        "description": "TriviaQA questions whose answers are forgotten (-> \"I don't know.\") and retain questions",
-        "citation": "Ishibashi & Shimodaira 2023; KnowEdit (Zhang et al. 2024)",
-    },
-    "realtoxicityprompts": {
-        "task": "detox",
-        "loader": "trustedit.data.toxicity:load_rtp",
-        "env_path": "realtoxicityprompts/rtp_quark_val_5k.jsonl",
-        "hub": "allenai/real_toxicity_prompts (not used; local file only)",
-        "description": "RTP prompts with Perspective toxicity of prompt and continuation (Quark's 5k validation split)",
-        "citation": "Gehman et al. 2020 (RealToxicityPrompts); Lu et al. 2022 (Quark)",
-    },
-    "jigsaw": {
-        "task": "detox",
-        "loader": "trustedit.data.toxicity:load_jigsaw",
-        "env_path": "jigsaw_toxic_nontoxic/{toxic,nontoxic}.txt",
-        "hub": "none (s-nlp/detox test files)",
-        "description": "Jigsaw comments labelled toxic / non-toxic, 5,000 each (trains the minilm-lr scorer)",
-        "citation": "Jigsaw / Civil Comments; Dale et al. 2021 (s-nlp/detox)",
-    },
-    "paradetox": {
-        "task": "detox",
-        "loader": "trustedit.data.toxicity:load_paradetox",
-        "env_path": "paradetox/paradetox.tsv",
-        "hub": "s-nlp/paradetox (not used; local file only)",
-        "description": "toxic sentences with 1-3 neutral rewrites (one toxic/neutral pair per rewrite)",
-        "citation": "Logacheva et al. 2022 (ParaDetox)",
-    },
-}
-
-
 # Toxicity scorers (trustedit.safety.scorers): name -> class; instances have name, kind, version,
 # score(texts) -> list[float] in [0, 1], describe(); the class has status() -> (available, note).
 SCORERS: dict[str, str] = {
@@ -115,12 +78,6 @@ def get_suite(name: str):
     if name not in SUITES:
         raise UsageError(f"unknown suite {name!r} (known: {', '.join([*SUITES, *SUITE_GROUPS])})")
     return load_entry(SUITES[name])
-
-
-def get_dataset(name: str) -> dict:
-    if name not in DATASETS:
-        raise UsageError(f"unknown dataset {name!r} (known: {', '.join(sorted(DATASETS))})")
-    return DATASETS[name]
 
 
 def get_scorer_class(name: str):
