@@ -122,7 +122,7 @@ def test_acc_and_acc_norm_on_known_answers(monkeypatch, plain_tokenizer):
     lls = [-1.0, -3.0,  # a: acc->0 (right); norm: -1/1 vs -3/2=-1.5 -> 0 (right)
            -1.0, -2.0,  # b: acc->0 (wrong); norm: -1/1 vs -2/4=-0.5 -> 1 (right)
            -4.0, -0.5, -1.5]  # c: acc->1 (wrong); norm: -1, -0.5, -0.75 -> 1 (wrong)
-    monkeypatch.setattr(rm, "loglikelihood", lambda *a, **k: [(x, 1, False) for x in lls])
+    monkeypatch.setattr(rm, "loglikelihood_shared", lambda *a, **k: [(x, 1, False) for x in lls])
     r = multiple_choice(None, plain_tokenizer, items, task="toy", add_bos=False)
     assert r["acc"].values == [1.0, 0.0, 0.0]
     assert r["acc_norm"].values == [1.0, 1.0, 0.0]
@@ -306,3 +306,25 @@ def test_gpt2_and_full_logits_fallback_agree(gpt2_factory, monkeypatch):
     for g, f, w in zip(got, full, want):
         assert g[0] == pytest.approx(w[0], abs=1e-4) and f[0] == pytest.approx(w[0], abs=1e-4)
         assert g[1:] == f[1:] == w[1:]
+
+
+@pytest.mark.parametrize("factory", ["llama", "gpt2"])
+def test_shared_context_loglikelihood_equals_full_passes(factory, llama_factory, gpt2_factory):
+    """Encoding each context once and scoring its continuations on the shared KV cache gives the
+    log-likelihoods of full passes (to float rounding), the same token counts and greedy flags."""
+    from trustedit.metrics.retention import loglikelihood, loglikelihood_shared
+
+    lm = llama_factory() if factory == "llama" else gpt2_factory()
+    reqs = [("Question: What is the capital of France ?\nAnswer:", c) for c in (" Paris", " Rome is the capital",
+                                                                                " Berlin . Germany")]
+    reqs += [("Who wrote Hamlet ?", c) for c in (" Shakespeare", " the king of France")]
+    reqs += [("", "The Nile is the longest river"), ("a", " b"), ("Who wrote Hamlet ?", " Shakespeare")]
+    for bs in (1, 2, 16):
+        full = loglikelihood(lm.model, lm.tokenizer, reqs, bs)
+        shared = loglikelihood_shared(lm.model, lm.tokenizer, reqs, bs)
+        for a, b in zip(full, shared):
+            assert a[1:] == b[1:]
+            assert a[0] == pytest.approx(b[0], abs=1e-4)
+    # a request longer than the window falls back to the full (left-truncated) pass
+    long = [("Paris " * 200, " Rome")]
+    assert loglikelihood_shared(lm.model, lm.tokenizer, long, 2) == loglikelihood(lm.model, lm.tokenizer, long, 2)

@@ -215,6 +215,77 @@ def loglikelihood(model, tokenizer, requests: Sequence[tuple[str, str]], batch_s
     return results
 
 
+def loglikelihood_shared(model, tokenizer, requests: Sequence[tuple[str, str]], batch_size: int = 16, device=None,
+                         add_bos: bool | None = None, max_length: int | None = None,
+                         desc: str = "loglikelihood") -> list[tuple[float, int, bool]]:
+    """:func:`loglikelihood`, with each distinct context encoded once: its KV cache is shared by
+    every continuation that follows it (the choices of a multiple-choice item). Contexts are
+    batched (right-padded, longest first); the continuations of a batch then run in one pass on
+    the cache, rows repeated per continuation, their positions continuing each row's context.
+    Requests that do not fit the window go through :func:`loglikelihood` (left-truncated there)."""
+    bos = resolve_add_bos(tokenizer, add_bos)
+    max_len = max_length or model_max_length(model)
+    dev = _device(model, device)
+    pad = _pad_id(tokenizer)
+    groups: dict[tuple, list] = {}  # context ids -> [(request index, continuation ids)]
+    long = []
+    for i, (ctx, cont) in enumerate(requests):
+        c_ids, t_ids = encode_pair(tokenizer, ctx, cont, bos)
+        if len(c_ids) + len(t_ids) - 1 > max_len:
+            long.append(i)
+        else:
+            groups.setdefault(tuple(c_ids), []).append((i, list(t_ids)))
+    results: list = [None] * len(requests)
+    if long:
+        for i, r in zip(long, loglikelihood(model, tokenizer, [requests[i] for i in long], batch_size, device, bos,
+                                            max_length, desc)):
+            results[i] = r
+    jobs = sorted(groups.items(), key=lambda kv: -len(kv[0]))
+    was_training = model.training
+    model.eval()
+    bar = _progress(len(requests) - len(long), desc)
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(jobs), batch_size):
+                chunk = jobs[start: start + batch_size]
+                ids, mask = pad_right([list(c) for c, _ in chunk], pad)
+                ids, mask = ids.to(dev), mask.to(dev)
+                lens = [len(c) for c, _ in chunk]
+                out = model(input_ids=ids, attention_mask=mask, use_cache=True,
+                            **({"logits_to_keep": torch.tensor(sorted(set(n - 1 for n in lens)), device=dev)}
+                               if _supports_logits_to_keep(model) else {}))
+                keep = sorted(set(n - 1 for n in lens))
+                col = {p: c for c, p in enumerate(keep)} if out.logits.shape[1] == len(keep) else None
+                first = [out.logits[r, (col[n - 1] if col else n - 1)].float().log_softmax(-1) for r, n in enumerate(lens)]
+                rows = [(r, i, t) for r, (_, reqs) in enumerate(chunk) for i, t in reqs]
+                rest = None
+                longest = max(len(t) for _, _, t in rows)
+                if longest > 1:
+                    cache = out.past_key_values if hasattr(out, "past_key_values") else out.cache
+                    sel = torch.tensor([r for r, _, _ in rows], device=dev)
+                    cache.batch_select_indices(sel)
+                    cont, cmask = pad_right([t[:-1] or [pad] for _, _, t in rows], pad)
+                    for k, (_, _, t) in enumerate(rows):
+                        if len(t) == 1:
+                            cmask[k, 0] = 0
+                    cont, cmask = cont.to(dev), cmask.to(dev)
+                    pos = torch.tensor([lens[r] for r, _, _ in rows], device=dev)[:, None] + \
+                        torch.arange(cont.shape[1], device=dev)[None, :]
+                    rest = model(input_ids=cont, attention_mask=torch.cat([mask[sel], cmask], 1), position_ids=pos,
+                                 past_key_values=cache, use_cache=True).logits
+                for k, (r, i, t) in enumerate(rows):
+                    sl = first[r][None, :] if len(t) == 1 else torch.cat(
+                        [first[r][None, :], rest[k, : len(t) - 1].float().log_softmax(-1)], 0)
+                    tgt = torch.tensor(t, dtype=torch.long, device=sl.device)
+                    lp = sl.gather(-1, tgt[:, None]).squeeze(-1)
+                    results[i] = (float(lp.sum()), len(t), bool((sl.argmax(-1) == tgt).all()))
+                bar.update(len(rows))
+    finally:
+        bar.close()
+        model.train(was_training)
+    return results
+
+
 # ---------------------------------------------------------------------------------------------
 # multiple choice
 # ---------------------------------------------------------------------------------------------
@@ -249,11 +320,12 @@ def mc_requests(items: Sequence[MCItem]) -> list[tuple[str, str]]:
 
 def mc_pass(model, tokenizer, items: Sequence[MCItem], batch_size: int = 16, task: str | None = None,
             bos: bool = False, device=None) -> dict:
-    """The model pass of :func:`multiple_choice` (JSON-ready): ``lls`` = sum log p per choice."""
+    """The model pass of :func:`multiple_choice` (JSON-ready): ``lls`` = sum log p per choice. Each
+    item's context is encoded once and shared by its choices (:func:`loglikelihood_shared`)."""
     reqs = mc_requests(items)
     t0 = time.perf_counter()
-    lls = loglikelihood(model, tokenizer, reqs, batch_size=batch_size, device=device, add_bos=bos,
-                        desc=f"{task or 'mc'}")
+    lls = loglikelihood_shared(model, tokenizer, reqs, batch_size=batch_size, device=device, add_bos=bos,
+                               desc=f"{task or 'mc'}")
     return {"lls": [ll for ll, _, _ in lls], "seconds": round(time.perf_counter() - t0, 3), "n_requests": len(reqs)}
 
 
