@@ -22,8 +22,8 @@ from trustedit.data.retention import MC_TASKS, MCItem, load_mc, load_wikitext
 from trustedit.errors import TrusteditError
 from trustedit.metrics.scores import Score
 from trustedit.prompts import pad_right
+from trustedit.suites.retention import DEFAULT_TASKS  # noqa: F401  (the one default list, in the retention suite)
 
-DEFAULT_TASKS = ("wikitext", "piqa", "arc_easy", "hellaswag", "boolq", "commonsenseqa", "mmlu")
 # Items per task for one suite pass (wikitext: documents). Measured on SmolLM2-135M fp32, 2-core
 # CPU, batch 16, seconds per item: piqa 0.19, arc_easy 0.23, hellaswag 0.34, boolq 0.38,
 # commonsenseqa 0.08, mmlu 0.24; wikitext ~4 ms per token (document 0 = 1,437 tokens, 6 s).
