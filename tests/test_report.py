@@ -49,7 +49,9 @@ def test_compare_runs_table():
 
 def test_summary_names_protocol_and_interval():
     s = summary(_results("ft-m", [1, 1, 0, 0]))
-    assert "K_S_idk_rate (%) ↑ | 0.0 | 50.0 |" in s and "| p |" in s and "forgotten answers: Paris" in s
+    assert "K_S_idk_rate (%) ↑ | 0.0 | 50.0 |" in s and "forgotten answers: Paris" in s
+    # each distinct protocol once, under its table, referred to by number
+    assert "| 4 | [1] |" in s and "| 4 | [2] |" in s and "[1] p  " in s and "[2] q  " in s
 
 
 def test_compare_cli(tmp_path):

@@ -47,24 +47,30 @@ def _headline(suite: str):
 
 def metric_table(metrics: dict, headline=()) -> str:
     """One suite's metrics: before / after / delta with its paired interval, or the value alone
-    (an evaluation without an edit)."""
+    (an evaluation without an edit). Each distinct protocol is written once, under the table, and
+    referred to by number."""
     keys = _ordered(metrics, headline)
     edited = any(metrics[k].get("post") is not None for k in keys)
     if edited:
         rows = ["| metric | before | after | delta [95% CI] | n | protocol |", "|---|---|---|---|---|---|"]
     else:
         rows = ["| metric | value [95% CI] | n | protocol |", "|---|---|---|---|"]
+    protocols: list[str] = []
     for k in keys:
         e = metrics[k]
+        if e["protocol"] not in protocols:
+            protocols.append(e["protocol"])
+        ref = f"[{protocols.index(e['protocol']) + 1}]"
         arrow = "↑" if e.get("higher_is_better", True) else "↓"
         name = f"{k}{unit_label(e)} {arrow}"
         if edited:
             post, delta = e.get("post") or {}, e.get("delta") or {}
             rows.append(f"| {name} | {fmt(e['pre']['value'], e)} | {fmt(post.get('value'), e)} | "
-                        f"{fmt(delta.get('value'), e)} {_ci(delta.get('ci95'), e)} | {e['n']} | {e['protocol']} |")
+                        f"{fmt(delta.get('value'), e)} {_ci(delta.get('ci95'), e)} | {e['n']} | {ref} |")
         else:
-            rows.append(f"| {name} | {fmt(e['pre']['value'], e)} {_ci(e['pre'].get('ci95'), e)} | {e['n']} | "
-                        f"{e['protocol']} |")
+            rows.append(f"| {name} | {fmt(e['pre']['value'], e)} {_ci(e['pre'].get('ci95'), e)} | {e['n']} | {ref} |")
+    rows.append("")
+    rows += [f"[{i}] {p}  " for i, p in enumerate(protocols, 1)]
     return "\n".join(rows)
 
 
