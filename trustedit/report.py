@@ -9,6 +9,13 @@ the metric's name.
 from __future__ import annotations
 
 
+def md_escape(text: str) -> str:
+    """``text`` that Markdown shows as written (``<sentence>``, ``a_s*s``, ``|``)."""
+    for c in ("\\", "*", "_", "<", ">", "|", "`", "["):
+        text = text.replace(c, "\\" + c)
+    return text
+
+
 def fmt(v, e: dict) -> str:
     """One value of metric entry ``e`` as text."""
     if v is None:
@@ -70,7 +77,7 @@ def metric_table(metrics: dict, headline=()) -> str:
         else:
             rows.append(f"| {name} | {fmt(e['pre']['value'], e)} {_ci(e['pre'].get('ci95'), e)} | {e['n']} | {ref} |")
     rows.append("")
-    rows += [f"[{i}] {p}  " for i, p in enumerate(protocols, 1)]
+    rows += [f"[{i}] {md_escape(p)}  " for i, p in enumerate(protocols, 1)]
     return "\n".join(rows)
 
 
