@@ -109,3 +109,26 @@ def test_display_comes_from_the_score_not_the_name():
     assert fmt(19.6789, {"display": "raw"}) == "19.68"
     # the same name with another display prints differently
     assert fmt(0.5, {"display": "raw"}) == "0.5"
+
+
+def test_an_overshoot_is_not_an_improvement():
+    """SS 60 -> 35 lowers SS but moves it farther from its ideal 50: reported as farther, not better."""
+    from trustedit.metrics.scores import Score, entry
+    from trustedit.report import metric_table
+
+    pre = Score("ss", "p", [60.0] * 10, unit="%", display="percent", ideal=50.0, higher_is_better=False)
+    post = Score("ss", "p", [35.0] * 10, unit="%", display="percent", ideal=50.0, higher_is_better=False)
+    e = entry(pre, post)
+    assert e["ideal"] == 50.0 and e["delta"]["value"] == -25.0
+    assert e["distance_to_ideal"]["pre"] == 10.0 and e["distance_to_ideal"]["post"] == 15.0
+    assert e["distance_to_ideal"]["delta"] == 5.0 and e["distance_to_ideal"]["ci95"] == [5.0, 5.0]
+    t = metric_table({"ss": e})
+    assert "ss (%) → 50" in t and "5.0 [5.0, 5.0] (farther)" in t
+    closer = entry(pre, Score("ss", "p", [52.0] * 10, unit="%", display="percent", ideal=50.0))
+    assert closer["distance_to_ideal"]["delta"] == -8.0 and "(closer)" in metric_table({"ss": closer})
+    r = _results("ft-m", [1, 1, 0, 0])
+    r["metrics"]["stereoset"] = {"ss": e}
+    from trustedit.results import validate
+
+    validate(r)
+    assert "60.0 → 35.0 (|·−50| 5.0)" in compare_runs([("a", r)])

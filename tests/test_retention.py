@@ -328,3 +328,32 @@ def test_shared_context_loglikelihood_equals_full_passes(factory, llama_factory,
     # a request longer than the window falls back to the full (left-truncated) pass
     long = [("Paris " * 200, " Rome")]
     assert loglikelihood_shared(lm.model, lm.tokenizer, long, 2) == loglikelihood(lm.model, lm.tokenizer, long, 2)
+
+
+def _tok_with(specials, bos, eos, add_bos=False):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate([*specials, "<unk>", "The", "cat", "."])}
+    t = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    t.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=t, bos_token=bos, eos_token=eos, unk_token="<unk>")
+    tok.add_bos_token = add_bos
+    return tok
+
+
+def test_a_sentence_without_context_is_conditioned_on_the_document_separator():
+    """SmolLM2-Instruct's BOS is the chat role marker <|im_start|>: a sentence scored without context
+    starts after the pretraining document separator <|endoftext|> instead (not the role marker)."""
+    from trustedit.metrics.retention import encode_pair, prefix_token, prefix_token_label
+
+    smol = _tok_with(["<|endoftext|>", "<|im_start|>", "<|im_end|>"], "<|im_start|>", "<|im_end|>")
+    assert prefix_token(smol) == 0 and "<|endoftext|>" in prefix_token_label(smol)
+    ctx, cont = encode_pair(smol, "", "The cat .", add_bos=False)
+    assert ctx == [0] and cont == smol("The cat .", add_special_tokens=False)["input_ids"]
+    # a model pretrained with BOS prepended (LLaMA, Gemma) keeps its BOS
+    llama = _tok_with(["<s>", "</s>"], "<s>", "</s>", add_bos=True)
+    assert prefix_token(llama) == llama.bos_token_id
+    # neither: BOS, then EOS
+    plain = _tok_with(["<s>", "</s>"], "<s>", "</s>")
+    assert prefix_token(plain) == plain.bos_token_id

@@ -58,8 +58,11 @@ def metric_table(metrics: dict, headline=()) -> str:
     referred to by number."""
     keys = _ordered(metrics, headline)
     edited = any(metrics[k].get("post") is not None for k in keys)
+    ideals = any("ideal" in metrics[k] for k in keys)
     if edited:
-        rows = ["| metric | before | after | delta [95% CI] | n | protocol |", "|---|---|---|---|---|---|"]
+        rows = ["| metric | before | after | delta [95% CI] |" + (" change of the distance to the ideal [95% CI] |"
+                                                                  if ideals else "") + " n | protocol |",
+                "|---|---|---|---|" + ("---|" if ideals else "") + "---|---|"]
     else:
         rows = ["| metric | value [95% CI] | n | protocol |", "|---|---|---|---|"]
     protocols: list[str] = []
@@ -68,12 +71,17 @@ def metric_table(metrics: dict, headline=()) -> str:
         if e["protocol"] not in protocols:
             protocols.append(e["protocol"])
         ref = f"[{protocols.index(e['protocol']) + 1}]"
-        arrow = "↑" if e.get("higher_is_better", True) else "↓"
+        arrow = f"→ {e['ideal']:g}" if "ideal" in e else "↑" if e.get("higher_is_better", True) else "↓"
         name = f"{k}{unit_label(e)} {arrow}"
         if edited:
             post, delta = e.get("post") or {}, e.get("delta") or {}
+            dist = ""
+            if ideals:
+                d = e.get("distance_to_ideal")
+                dist = (f" {fmt(d['delta'], e)} {_ci(d['ci95'], e)} ({'closer' if (d['delta'] or 0) < 0 else 'farther' if (d['delta'] or 0) > 0 else 'same'}) |"
+                        if d else " |")
             rows.append(f"| {name} | {fmt(e['pre']['value'], e)} | {fmt(post.get('value'), e)} | "
-                        f"{fmt(delta.get('value'), e)} {_ci(delta.get('ci95'), e)} | {e['n']} | {ref} |")
+                        f"{fmt(delta.get('value'), e)} {_ci(delta.get('ci95'), e)} |{dist} {e['n']} | {ref} |")
         else:
             rows.append(f"| {name} | {fmt(e['pre']['value'], e)} {_ci(e['pre'].get('ci95'), e)} | {e['n']} | {ref} |")
     rows.append("")
@@ -205,7 +213,11 @@ def compare_runs(runs: list[tuple[str, dict]]) -> str:
                 cells.append("—")
                 continue
             unit = unit_label(e)
-            if e.get("post") is not None:
+            d = e.get("distance_to_ideal")
+            if e.get("post") is not None and d:  # ideal-valued: the change of |value - ideal| is what compares
+                cells.append(f"{fmt(e['pre']['value'], e)} → {fmt(e['post']['value'], e)} "
+                             f"(|·−{e['ideal']:g}| {fmt(d['delta'], e)})")
+            elif e.get("post") is not None:
                 cells.append(f"{fmt(e['pre']['value'], e)} → {fmt(e['post']['value'], e)} ({fmt(e['delta']['value'], e)})")
             else:
                 cells.append(fmt(e["pre"]["value"], e))

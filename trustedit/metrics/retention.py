@@ -70,12 +70,42 @@ def _encode(tokenizer, text: str, guard: bool = True) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def _prefix_token(tokenizer) -> int:
-    for name in ("bos_token_id", "eos_token_id"):
-        tid = getattr(tokenizer, name, None)
+DOCUMENT_SEPARATORS = ("<|endoftext|>", "<|end_of_text|>")
+
+
+def prefix_token(tokenizer) -> int:
+    """The token a text without context is conditioned on: the document boundary the model was
+    pretrained with, so that the first token of a sentence is predicted as at the start of a
+    document. A model pretrained with a BOS prepended (the tokenizer's ``add_bos_token``: LLaMA,
+    Mistral, Gemma) gets its BOS; otherwise the document separator of its pretraining corpus when
+    the vocabulary has one (``<|endoftext|>``: GPT-2, SmolLM, Qwen), else BOS, else EOS.
+
+    Why not simply the tokenizer's BOS: an instruct model's BOS can be a chat role marker
+    (SmolLM2-Instruct's is ``<|im_start|>``), after which the model expects a role name ("The"
+    after it has log-probability -8.2 on SmolLM2-135M)."""
+    bos, eos = getattr(tokenizer, "bos_token_id", None), getattr(tokenizer, "eos_token_id", None)
+    if bos is not None and getattr(tokenizer, "add_bos_token", False) is True:
+        return bos
+    try:
+        vocab = tokenizer.get_vocab()
+    except Exception:  # noqa: BLE001 - a tokenizer without a vocabulary listing
+        vocab = {}
+    for name in DOCUMENT_SEPARATORS:
+        if name in vocab:
+            return vocab[name]
+    for tid in (bos, eos):
         if tid is not None:
             return tid
     raise TrusteditError("empty context and the tokenizer has neither a BOS nor an EOS token to condition on")
+
+
+def prefix_token_label(tokenizer) -> str:
+    """``'<|endoftext|>' (id 0)``: for protocol strings."""
+    tid = prefix_token(tokenizer)
+    return f"{tokenizer.convert_ids_to_tokens(tid)!r} (id {tid})"
+
+
+_prefix_token = prefix_token  # the name used before
 
 
 def encode_pair(tokenizer, context: str, continuation: str, add_bos: bool) -> tuple[list[int], list[int]]:

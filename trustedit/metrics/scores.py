@@ -40,6 +40,7 @@ class Score:
     unit: str = ""
     extra: dict = field(default_factory=dict)
     display: str = "raw"
+    ideal: float | None = None  # the value an unbiased model has (SS 50, a_s 0), where "better" is "closer to it"
 
     def __post_init__(self):
         if self.display not in DISPLAYS:
@@ -82,7 +83,8 @@ class Score:
     def meta(self) -> dict:
         """What a results entry says about the metric itself (schema v1)."""
         return {"protocol": self.protocol, "unit": self.unit, "display": self.display,
-                "higher_is_better": self.higher_is_better, "aggregation": self.aggregation}
+                "higher_is_better": self.higher_is_better, "aggregation": self.aggregation,
+                **({"ideal": self.ideal} if self.ideal is not None else {})}
 
 
 def aggregate(values: np.ndarray, weights: np.ndarray | None, how: str) -> float:
@@ -135,11 +137,17 @@ def compare(pre: Score, post: Score, n_boot: int = 1000, seed: int = 0) -> dict:
     w0 = None if pre.weights is None else np.asarray(pre.weights, float)
     w1 = None if post.weights is None else np.asarray(post.weights, float)
     idx = _boot_indices(len(v0), n_boot, seed)
+    dist = None
     if idx is None:
         d_lo = d_hi = float("nan")
     else:
-        d = _aggregate_rows(v1, w1, idx, post.aggregation) - _aggregate_rows(v0, w0, idx, pre.aggregation)
-        d_lo, d_hi = _percentile(d)
+        a0, a1 = _aggregate_rows(v0, w0, idx, pre.aggregation), _aggregate_rows(v1, w1, idx, post.aggregation)
+        d_lo, d_hi = _percentile(a1 - a0)
+        if post.ideal is not None:  # the change of the distance to the ideal, with its paired interval
+            lo, hi = _percentile(np.abs(a1 - post.ideal) - np.abs(a0 - post.ideal))
+            dist = {"pre": _clean(abs(pre.value - post.ideal)), "post": _clean(abs(post.value - post.ideal)),
+                    "delta": _clean(abs(post.value - post.ideal) - abs(pre.value - post.ideal)),
+                    "ci95": [_clean(lo), _clean(hi)]}
     out = {
         "protocol": post.protocol,
         "n": post.n,
@@ -149,6 +157,8 @@ def compare(pre: Score, post: Score, n_boot: int = 1000, seed: int = 0) -> dict:
         "post": post.to_dict(n_boot, seed),
         "delta": {"value": _clean(post.value - pre.value), "ci95": [_clean(d_lo), _clean(d_hi)]},
     }
+    if dist is not None:
+        out["distance_to_ideal"] = dist
     if pre.value and math.isfinite(pre.value) and pre.value != 0:
         out["relative_change"] = _clean((post.value - pre.value) / abs(pre.value))
     return out
@@ -158,7 +168,8 @@ def entry(pre: Score, post: Score | None = None, n_boot: int = 1000, seed: int =
     """One metric in the results layout of schema v1 (``docs/results-schema.md``)::
 
         {"pre": {"value", "ci95"}, "post": {"value", "ci95"} | None, "delta": {"value", "ci95"} | None,
-         "ci95", "n", "protocol", "unit", "display", "higher_is_better", "aggregation", "extra"?}
+         "ci95", "n", "protocol", "unit", "display", "higher_is_better", "aggregation", "extra"?,
+         "ideal"?, "distance_to_ideal"?: {"pre", "post", "delta", "ci95"}}
 
     ``pre`` is the base model's score; ``post`` the edited model's on the same items (paired
     bootstrap for the delta). The top-level ``ci95`` is the headline interval: the delta's when
@@ -176,6 +187,8 @@ def entry(pre: Score, post: Score | None = None, n_boot: int = 1000, seed: int =
            "delta": c["delta"], "ci95": c["delta"]["ci95"], "n": post.n, **post.meta()}
     if "relative_change" in c:
         out["relative_change"] = c["relative_change"]
+    if "distance_to_ideal" in c:
+        out["distance_to_ideal"] = c["distance_to_ideal"]
     if pre.extra or post.extra:
         out["extra"] = {"pre": pre.extra, "post": post.extra}
     return out

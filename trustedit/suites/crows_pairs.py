@@ -1,6 +1,8 @@
-"""``crows-pairs``: CrowS-Pairs (Nangia et al. 2020), a seeded sample of pairs. Metrics:
-``metric`` (% pairs where the more stereotypical sentence is more likely, ideal 50) and one per
-bias type (``gender``, ``race-color``, ...); see :func:`trustedit.metrics.bias.crows_pairs`.
+"""``crows-pairs``: CrowS-Pairs (Nangia et al. 2020), a seeded sample of pairs, scored as
+lm-evaluation-harness does (whole-sentence log-likelihood; ``--crows-scoring shared`` is a named
+variant). Metrics: ``metric`` (% pairs where the more stereotypical sentence is more likely,
+ideal 50) and one per bias type (``gender``, ``race-color``, ...); see
+:func:`trustedit.metrics.bias.crows_pairs`.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ from trustedit.suites.dama_gender import strip
 @dataclass
 class CrowsPairsOptions(SuiteOptions):
     crows_limit: int = opt(300, "CrowS-Pairs pairs, a seeded sample of the 1,508 (0: all).", check=nonneg_int)
+    crows_scoring: str = opt("sentence", "Sentence score: sentence (whole-sentence log-likelihood, lm-evaluation-harness) "
+                             "or shared (the tokens both sentences share, after the changed ones; a variant).",
+                             check=lambda v: None if v in ("sentence", "shared") else "expected sentence or shared")
 
 
 class CrowsPairsSuite(Suite):
@@ -63,7 +68,8 @@ class CrowsPairsSuite(Suite):
     def score(self, raw, base_raw, items, ctx):
         from trustedit.metrics.bias import crows_scores
 
-        return strip(crows_scores(items.data["items"], self._req(ctx.lm, items), raw["logprobs"]), "crows_pairs/")
+        return strip(crows_scores(items.data["items"], self._req(ctx.lm, items), raw["logprobs"],
+                                  items.opts.crows_scoring), "crows_pairs/")
 
 
 SUITE = CrowsPairsSuite()

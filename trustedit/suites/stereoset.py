@@ -1,7 +1,8 @@
-"""``stereoset``: StereoSet dev (Nadeem et al. 2021), a seeded sample of intra- and intersentence
-examples. Metrics: ``ss`` (stereotype score, ideal 50), ``lms`` (language-model score), ``icat``,
-overall and per kind and domain (``intrasentence/ss``, ``gender/ss``, ...); see
-:func:`trustedit.metrics.bias.stereoset`.
+"""``stereoset``: StereoSet dev (Nadeem et al. 2021) in its published protocol: candidates scored by
+their mean token log-probability; the headline ``ss`` (stereotype score, ideal 50), ``lms``
+(language-model score) and ``icat`` are the **intrasentence** task, per domain as ``gender/ss``...;
+the intersentence task is reported on its own (``intersentence/ss``...). A seeded sample of each
+task; see :func:`trustedit.metrics.bias.stereoset`.
 """
 
 from __future__ import annotations
@@ -12,9 +13,23 @@ from trustedit.suites.base import Items, Suite, SuiteOptions, nonneg_int, opt
 from trustedit.suites.dama_gender import strip
 
 
+def _scoring_check(v):
+    return None if v in ("mean", "sum") else "expected mean (the published scoring) or sum (a variant)"
+
+
+def _kinds_check(v):
+    bad = [k for k in v if k not in ("intrasentence", "intersentence")]
+    return f"unknown task(s) {bad} (known: intrasentence, intersentence)" if bad or not v else None
+
+
 @dataclass
 class StereoSetOptions(SuiteOptions):
-    stereoset_limit: int = opt(300, "StereoSet examples, a seeded sample of the 4,229 (0: all).", check=nonneg_int)
+    stereoset_limit: int = opt(300, "StereoSet examples per task, a seeded sample (0: all: 2,106 intrasentence, 2,123 "
+                               "intersentence).", check=nonneg_int)
+    stereoset_scoring: str = opt("mean", "Candidate score: mean token log-probability (published) or sum (a variant).",
+                                 check=_scoring_check)
+    stereoset_tasks: list = opt(["intrasentence", "intersentence"], "StereoSet tasks to score (the headline is the "
+                                "intrasentence task).", check=_kinds_check)
 
 
 class StereoSetSuite(Suite):
@@ -22,14 +37,19 @@ class StereoSetSuite(Suite):
     Options = StereoSetOptions
     summary = "StereoSet SS / LMS / ICAT from sentence log-probabilities"
     citation = "Nadeem et al. 2021 (StereoSet)"
-    headline = ("ss", "lms", "icat", "gender/ss", "gender/lms")
+    headline = ("ss", "lms", "icat", "gender/ss", "gender/lms", "intersentence/ss", "intersentence/lms",
+                "intersentence/icat")
 
     def load(self, opts, ctx):
         from trustedit.data import bias as B
         from trustedit.methods.base import sample_items
 
         allx = B.load_stereoset()
-        items = sample_items(list(allx), ctx.size(opts, "stereoset_limit"), ctx.seed)
+        n = ctx.size(opts, "stereoset_limit")
+        items = []
+        for kind in ("intrasentence", "intersentence"):
+            if kind in opts.stereoset_tasks:
+                items += sample_items([x for x in allx if x.kind == kind], n, ctx.seed)
         fp = allx.fingerprint + "#" + __import__("hashlib").sha256(",".join(x.id for x in items).encode()).hexdigest()[:16]
         return Items(self.name, {"items": items}, fp, {"examples": len(items), "source": allx.describe(),
                                                        "sample_seed": ctx.seed}, opts)
@@ -44,13 +64,18 @@ class StereoSetSuite(Suite):
         from trustedit.metrics.bias import stereoset_pass
         from trustedit.metrics.retention import resolve_add_bos
 
+        from trustedit.metrics.retention import prefix_token_label
+
         bos = resolve_add_bos(lm.tokenizer, None)
-        return {"bos": bos, "lls": stereoset_pass(lm.model, lm.tokenizer, items.data["items"], bos, batch_size)}
+        return {"bos": bos, "prefix": prefix_token_label(lm.tokenizer),
+                "lls": stereoset_pass(lm.model, lm.tokenizer, items.data["items"], bos, batch_size)}
 
     def score(self, raw, base_raw, items, ctx):
         from trustedit.metrics.bias import stereoset_scores
 
-        return strip(stereoset_scores(items.data["items"], raw["lls"], raw["bos"]), "stereoset/")
+        return strip(stereoset_scores(items.data["items"], raw["lls"], raw["bos"],
+                                      length_norm=items.opts.stereoset_scoring == "mean", prefix=raw["prefix"]),
+                     "stereoset/")
 
 
 SUITE = StereoSetSuite()
