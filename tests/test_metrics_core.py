@@ -159,3 +159,19 @@ def test_repetition_lowers_entropy():
     assert fluency.ngram_entropy(repeated) < fluency.ngram_entropy(varied)
     s = fluency.fluency([varied, repeated], fluency.PROTOCOL.format(max_new=48, fmt="plain Q/A"))
     assert s.name == "fluency_ngram_entropy" and s.n == 2 and "48 new tokens" in s.protocol
+
+
+def test_edit_success_does_not_score_the_closing_eos():
+    """KnowEdit tokenises targets without EOS: a model that predicts every answer token but not the
+    stop scores 100 %, not 5/6."""
+    from trustedit.metrics.knowedit import edit_success, locality, without_eos
+
+    eos = 2
+    targets = [[11, 12, 13, 14, 15, eos]]
+    predicted = [[11, 12, 13, 14, 15, 99]]  # all answer tokens right, the stop position wrong
+    assert edit_success(predicted, targets, "x").value == pytest.approx(5 / 6)  # with the EOS position
+    assert edit_success(*without_eos(predicted, targets, eos), "x").value == 1.0
+    # a target that is only EOS keeps it; another last token is kept
+    assert without_eos([[7], [1, 3]], [[eos], [1, 3]], eos) == ([[7], [1, 3]], [[eos], [1, 3]])
+    pre, post = without_eos([[1, 2]], [[5, eos]], eos)[0], without_eos([[1, 9]], [[5, eos]], eos)[0]
+    assert locality(pre, post, "x").value == 1.0

@@ -6,15 +6,32 @@ Both use :func:`trustedit.prompts.predicted_target_tokens`, one code path:
   on the edit prompts with the new target ("I don't know.").
 * **Locality**: mean over target tokens of ``argmax_post == argmax_pre`` under teacher forcing
   with the same prompt and gold answer, comparing the edited model with the base model.
+
+The target's closing EOS / end-of-turn token (which trustedit appends to train on where an answer
+ends) is not scored: KnowEdit tokenises targets without it (:func:`without_eos`). With it, "I don't
+know." (5 tokens plus EOS on SmolLM2) would score the stop position as a sixth answer token.
 """
 
 from __future__ import annotations
 
 from trustedit.metrics.scores import Score
 
-PROTOCOL_SUCC = "KnowEdit Edit Succ.: teacher-forced token accuracy of the new target; prompt format {fmt}"
-PROTOCOL_LOC = ("KnowEdit Locality: teacher-forced, share of gold-answer positions where the edited model's "
-                "argmax equals the base model's; prompt format {fmt}")
+PROTOCOL_SUCC = ("KnowEdit Edit Succ.: teacher-forced token accuracy of the new target (its closing EOS not "
+                 "scored); prompt format {fmt}")
+PROTOCOL_LOC = ("KnowEdit Locality: teacher-forced, share of gold-answer positions (the closing EOS not scored) where "
+                "the edited model's argmax equals the base model's; prompt format {fmt}")
+
+
+def without_eos(predicted: list[list[int]], targets: list[list[int]], eos: int | None):
+    """``(predicted, targets)`` with each target's last position dropped where the target ends with
+    ``eos`` (and has another token before it)."""
+    p2, t2 = [], []
+    for p, t in zip(predicted, targets):
+        if eos is not None and len(t) > 1 and t[-1] == eos:
+            p, t = p[:-1], t[:-1]
+        p2.append(list(p))
+        t2.append(list(t))
+    return p2, t2
 
 
 def token_accuracy(predicted: list[list[int]], targets: list[list[int]]) -> list[float]:

@@ -161,15 +161,17 @@ class SanitationSuite(Suite):
 
         data, o = items.data["data"], items.opts
         fmt = self._pairs(ctx.lm, items)["fmt"]
+        eos = ctx.lm.tokenizer.eos_token_id
         gp = qa.GEN_PROTOCOL.format(max_new=o.max_new_tokens, fmt=fmt, stop=o.answer_stop)
         scores = {
             "K_S_idk_rate": qa.idk_rate(raw["gen_forget"], gp),
             "K_F_leak_rate": qa.leak_rate(raw["gen_forget"], data.test_forget, gp),
             "K_R_retain_accuracy": qa.retain_accuracy(raw["gen_retain"], data.test_retain, gp),
             "over_refusal_rate": qa.over_refusal(raw["gen_retain"], gp),
-            "edit_success": knowedit.edit_success(raw["pred_f"], [x.target for x in self._pairs(ctx.lm, items)["test_f"]],
-                                                  fmt),
-            "locality": knowedit.locality((base_raw or raw)["pred_r"], raw["pred_r"], fmt),
+            "edit_success": knowedit.edit_success(*knowedit.without_eos(
+                raw["pred_f"], [x.target for x in self._pairs(ctx.lm, items)["test_f"]], eos), fmt),
+            "locality": knowedit.locality(*self._loc_inputs(ctx.lm, items, (base_raw or raw)["pred_r"], raw["pred_r"], eos),
+                                          fmt),
         }
         if base_raw is None:
             scores["locality"].extra["note"] = "the base model agrees with itself by definition"
@@ -185,6 +187,13 @@ class SanitationSuite(Suite):
                 scores[f"known/{k}"] = replace(s, name=f"known/{k}", protocol=s.protocol + f"; restricted to the test "
                                                f"questions the base model answers correctly ({KNOWN_RULE})")
         return scores
+
+    def _loc_inputs(self, lm, items, pre, post, eos):
+        """Base and edited predictions at the retain answers' positions, the closing EOS position left out."""
+        from trustedit.metrics.knowedit import without_eos
+
+        targets = [x.target for x in self._pairs(lm, items)["test_r"]]
+        return without_eos(pre, targets, eos)[0], without_eos(post, targets, eos)[0]
 
     def after_base(self, items, base_raw):
         if not items.opts.known_only:
