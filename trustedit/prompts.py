@@ -13,6 +13,7 @@ Rules this module enforces:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 IGNORE = -100
@@ -288,10 +289,52 @@ def predicted_target_tokens(model, pairs: list[Pair], pad_id: int, batch_size: i
     return out
 
 
+SENTENCE_END = "<sentence-end>"  # a stop "string" that means: the end of the first sentence
+# Words after which a full stop does not end a sentence ("St. Ives", "Mr. Smith"); initials ("J. R. R.
+# Tolkien") and initialisms ("U.S.") are recognised by their shape.
+ABBREVIATIONS = frozenset("""St Mt Mr Mrs Ms Dr Jr Sr Snr Jnr vs etc No Nos Co Corp Inc Ltd Bros Ft Gen Col Capt Cmdr Lt Sgt
+Maj Adm Rev Prof Hon Gov Sen Rep Pres Ave Blvd Rd approx ca Vol Fig Op Mme Mlle Messrs""".split())
+_END = re.compile(r"[.!?]")
+
+
+def sentence_end(text: str, final: bool = True) -> int | None:
+    """Index just past the first sentence end in ``text``: ``.``, ``!`` or ``?`` followed by
+    whitespace (or by the end of the text when ``final``), where a ``.`` after an initial, an
+    initialism or a common abbreviation (:data:`ABBREVIATIONS`) does not count, nor one inside a
+    number ("3.5"). ``final=False`` is for text still being generated: a stop at its very end is
+    undecided until the next character arrives."""
+    for m in _END.finditer(text):
+        i = m.end()
+        after = text[i:i + 1]
+        if (after and not after.isspace()) or (not after and not final):
+            continue
+        if m.group() == ".":
+            w = re.search(r"(\S*)$", text[:m.start()]).group(1).lstrip("(\"'")
+            if (len(w) == 1 and w.isalpha()) or "." in w or w in ABBREVIATIONS:
+                continue
+        return i
+    return None
+
+
+def first_stop(text: str, stop_strings, final: bool = True) -> int | None:
+    """Index just past the earliest stop in ``text`` (a stop string, kept, or :data:`SENTENCE_END`)."""
+    ends = [text.find(s) + len(s) for s in stop_strings or () if s != SENTENCE_END and s in text]
+    if SENTENCE_END in (stop_strings or ()):
+        e = sentence_end(text, final)
+        if e is not None:
+            ends.append(e)
+    return min(ends) if ends else None
+
+
+def describe_stops(stop_strings) -> str:
+    return ", ".join("a sentence end (not after an initial or an abbreviation)" if s == SENTENCE_END else repr(s)
+                     for s in stop_strings) or "none"
+
+
 def cut_at_stop(text: str, stop_strings) -> str:
-    """``text`` up to and including the earliest stop string (unchanged if none occurs)."""
-    ends = [text.find(s) + len(s) for s in stop_strings or () if s in text]
-    return text[: min(ends)] if ends else text
+    """``text`` up to and including the earliest stop (unchanged if none occurs)."""
+    end = first_stop(text, stop_strings, final=True)
+    return text if end is None else text[:end]
 
 
 def _stop_criteria(tokenizer, stop_strings, start: int):
@@ -302,8 +345,8 @@ def _stop_criteria(tokenizer, stop_strings, start: int):
 
     class StopOnStrings(StoppingCriteria):
         def __call__(self, input_ids, scores, **kwargs):
-            done = [any(s in tokenizer.decode(row[start:], skip_special_tokens=True) for s in stop_strings)
-                    for row in input_ids]
+            done = [first_stop(tokenizer.decode(row[start:], skip_special_tokens=True), stop_strings, final=False)
+                    is not None for row in input_ids]
             return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
     return StoppingCriteriaList([StopOnStrings()])

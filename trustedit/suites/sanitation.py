@@ -37,7 +37,9 @@ class SanitationOptions(SuiteOptions):
                              "correctly (as known/<metric>), next to the full sets.")
     max_new_tokens: int = opt(16, "Answer length cap in tokens (answers also end at the first '.' or newline).",
                               check=pos_int)
-    answer_stop: list = opt(["\n", "."], "Answers end at the first of these strings (kept).")
+    answer_stop: list = opt(["\n", "<sentence-end>"], "Answers end at the first of these strings (kept); "
+                            "<sentence-end> is the end of the first sentence, not a full stop after an initial or an "
+                            "abbreviation ('St. Ives', 'J. R. R. Tolkien').")
 
 
 def format_name(fmt, tokenizer) -> str:
@@ -162,7 +164,9 @@ class SanitationSuite(Suite):
         data, o = items.data["data"], items.opts
         fmt = self._pairs(ctx.lm, items)["fmt"]
         eos = ctx.lm.tokenizer.eos_token_id
-        gp = qa.GEN_PROTOCOL.format(max_new=o.max_new_tokens, fmt=fmt, stop=o.answer_stop)
+        from trustedit.prompts import describe_stops
+
+        gp = qa.GEN_PROTOCOL.format(max_new=o.max_new_tokens, fmt=fmt, stop=describe_stops(o.answer_stop))
         scores = {
             "K_S_idk_rate": qa.idk_rate(raw["gen_forget"], gp),
             "K_F_leak_rate": qa.leak_rate(raw["gen_forget"], data.test_forget, gp),
