@@ -132,3 +132,15 @@ def test_an_overshoot_is_not_an_improvement():
 
     validate(r)
     assert "60.0 → 35.0 (|·−50| 5.0)" in compare_runs([("a", r)])
+
+
+def test_retention_summary_states_its_resolution():
+    from trustedit.metrics.scores import Score, entry
+
+    pre = Score("pooled/acc", "p", [1.0, 0.0] * 15, unit="fraction", display="percent")
+    post = Score("pooled/acc", "p", [1.0, 0.0] * 14 + [0.0, 1.0], unit="fraction", display="percent")
+    r = _results("ft-m", [1, 1, 0, 0])
+    r["metrics"]["retention"] = {"pooled/acc": entry(pre, post)}
+    s = summary(r)
+    lo, hi = r["metrics"]["retention"]["pooled/acc"]["delta"]["ci95"]
+    assert f"±{100 * (hi - lo) / 2:.1f} points" in s and "not resolved" in s

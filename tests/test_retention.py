@@ -289,7 +289,7 @@ def test_missing_data_and_run_retention(lm, monkeypatch, tmp_path):
     (tmp_path / "wikitext2").mkdir()
     (tmp_path / "wikitext2" / "wiki.test.raw").write_text(" = A = \n the capital of France is Paris . \n = B = \n Rome . \n")
     r = rm.run_retention(model, tok, limit=2)
-    assert set(r) == {"boolq/acc", "boolq/acc_norm", "wikitext/ppl"}
+    assert set(r) == {"boolq/acc", "wikitext/ppl"}  # lm-eval reports acc alone for BoolQ
     assert r["boolq/acc"].n == 2 and r["wikitext/ppl"].n == 2
     assert set(r.missing) == {"piqa", "arc_easy", "hellaswag", "commonsenseqa", "mmlu"}
     with pytest.raises(TrusteditError, match="unknown"):
@@ -357,3 +357,26 @@ def test_a_sentence_without_context_is_conditioned_on_the_document_separator():
     # neither: BOS, then EOS
     plain = _tok_with(["<s>", "</s>"], "<s>", "</s>")
     assert prefix_token(plain) == plain.bos_token_id
+
+
+def test_acc_norm_only_where_lm_eval_reports_it(monkeypatch, plain_tokenizer):
+    """acc_norm over " no"/" yes" or single letters is noise (it reported BoolQ 70.0 -> 46.7 with an
+    interval excluding 0): BoolQ, CommonsenseQA and MMLU report acc alone, as lm-eval does."""
+    monkeypatch.setattr(rm, "loglikelihood_shared", lambda *a, **k: [(-1.0, 1, False), (-2.0, 1, False)])
+    items = [MCItem("a", "ctx", [" no", " yes"], 0)]
+    for task in ("boolq", "commonsenseqa", "mmlu"):
+        assert set(multiple_choice(None, plain_tokenizer, items, task=task, add_bos=False)) == {"acc"}
+    for task in ("piqa", "arc_easy", "hellaswag"):
+        assert set(multiple_choice(None, plain_tokenizer, items, task=task, add_bos=False)) == {"acc", "acc_norm"}
+
+
+def test_retention_reports_the_pooled_accuracy_that_sets_its_resolution():
+    from trustedit.suites.base import Context, Items
+    from trustedit.suites.retention import SUITE, RetentionOptions
+
+    items = Items("retention", {"piqa": [MCItem("a", "c", [" x", " y"], 0)], "boolq": [MCItem("b", "c", [" no", " yes"], 1)]},
+                  "sha256:x", {}, RetentionOptions())
+    raw = {"bos": False, "tasks": {"piqa": {"lls": [-1.0, -2.0], "seconds": 0, "n_requests": 2},
+                                   "boolq": {"lls": [-1.0, -2.0], "seconds": 0, "n_requests": 2}}}
+    s = SUITE.score(raw, None, items, Context())
+    assert s["pooled/acc"].values == [1.0, 0.0] and "resolves" in s["pooled/acc"].protocol

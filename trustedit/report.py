@@ -147,6 +147,7 @@ def summary(r: dict) -> str:
             any(e.get("post") for ms in r["metrics"].values() for e in ms.values()) else "bootstrap 95% intervals over items"
         for s, ms in r["metrics"].items():
             lines += [f"## {s} ({what})", "", metric_table(ms, _headline(s)), ""]
+            lines += _resolution(s, ms)
     if r.get("variants"):
         lines += _variants_table(r)
     files = "`results.json` (everything above, with resolved config, data fingerprints and versions), " \
@@ -155,6 +156,25 @@ def summary(r: dict) -> str:
         files += ", `patch/` (apply, revert or export with `trustedit patch`)"
     lines += [f"Files: {files}.", ""]
     return "\n".join(lines)
+
+
+def _resolution(suite: str, metrics: dict) -> list[str]:
+    """The smallest change the suite resolves at this size: the half-width of the paired 95%
+    interval of its resolution metric's delta; no claim is made below it."""
+    try:
+        from trustedit.registry import get_suite
+
+        key = get_suite(suite).resolution
+    except Exception:  # noqa: BLE001 - an unknown suite in an old file
+        return []
+    e = metrics.get(key) if key else None
+    if not e or not e.get("delta") or None in (e["delta"].get("ci95") or [None]):
+        return []
+    lo, hi = e["delta"]["ci95"]
+    half = (hi - lo) / 2
+    return [f"Resolution: at this size ({e['n']} items) the paired 95% interval of `{key}`'s change is ±"
+            f"{fmt(half, e)} points wide; changes in {suite} smaller than that are not resolved, and no claim is made "
+            "below it.", ""]
 
 
 def _variants_table(r: dict) -> list[str]:

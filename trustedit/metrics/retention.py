@@ -359,8 +359,13 @@ def mc_pass(model, tokenizer, items: Sequence[MCItem], batch_size: int = 16, tas
     return {"lls": [ll for ll, _, _ in lls], "seconds": round(time.perf_counter() - t0, 3), "n_requests": len(reqs)}
 
 
+ACC_ONLY = ("boolq", "commonsenseqa", "mmlu")  # the tasks for which lm-evaluation-harness reports acc alone
+
+
 def mc_scores(items: Sequence[MCItem], raw: dict, task: str | None, bos: bool) -> dict[str, Score]:
-    """``acc`` and ``acc_norm`` from :func:`mc_pass` (no model pass here)."""
+    """``acc``, and ``acc_norm`` where lm-evaluation-harness reports it (not for :data:`ACC_ONLY`:
+    BoolQ, CommonsenseQA and MMLU, whose choices are single letters or " no"/" yes", where length
+    normalisation is noise), from :func:`mc_pass` (no model pass here)."""
     lls = raw["lls"]
     acc, acc_norm, pos = [], [], 0
     for it in items:
@@ -375,11 +380,11 @@ def mc_scores(items: Sequence[MCItem], raw: dict, task: str | None, bos: bool) -
     prefix = f"{task}/" if task else ""
     proto = mc_protocol(task, bos, len(items))
     extra = {"seconds": raw["seconds"], "n_requests": raw["n_requests"]}
-    return {
-        "acc": Score(f"{prefix}acc", proto, acc, extra=dict(extra), unit="fraction", display="percent"),
-        "acc_norm": Score(f"{prefix}acc_norm", proto, acc_norm, extra=dict(extra), unit="fraction",
-                          display="percent"),
-    }
+    out = {"acc": Score(f"{prefix}acc", proto, acc, extra=dict(extra), unit="fraction", display="percent")}
+    if task not in ACC_ONLY:
+        out["acc_norm"] = Score(f"{prefix}acc_norm", proto, acc_norm, extra=dict(extra), unit="fraction",
+                                display="percent")
+    return out
 
 
 def _strip_delim(choice: str, delim: str) -> str:

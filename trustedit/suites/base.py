@@ -158,6 +158,7 @@ class Suite:
     headline: tuple = ()  # metric order in tables (others follow)
     cached: bool = True  # the base model's passes go through the evaluation cache
     has_instances: bool = False  # per-instance methods can edit its items one at a time
+    resolution: str | None = None  # the metric whose paired interval says what change this size can resolve
 
     def load(self, opts, ctx: LoadContext) -> Items:  # pragma: no cover - abstract
         raise NotImplementedError

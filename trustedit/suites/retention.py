@@ -37,7 +37,8 @@ class RetentionSuite(Suite):
     summary = "WikiText-2 perplexity and zero-shot multiple choice (lm-evaluation-harness formats)"
     citation = "Merity et al. 2017; Bisk et al. 2020; Clark et al. 2018; Zellers et al. 2019; Clark et al. 2019; " \
                "Talmor et al. 2019; Hendrycks et al. 2021"
-    headline = ("wikitext/ppl",)
+    headline = ("wikitext/ppl", "pooled/acc")
+    resolution = "pooled/acc"
 
     def load(self, opts, ctx):
         from trustedit.data.retention import load_mc, load_wikitext
@@ -86,13 +87,22 @@ class RetentionSuite(Suite):
     def score(self, raw, base_raw, items, ctx):
         from trustedit.metrics.retention import mc_scores, perplexity_score
 
-        scores = {}
+        from trustedit.metrics.scores import Score
+
+        scores, pooled, tasks = {}, [], []
         for t, data in items.data.items():
             if t == "wikitext":
                 scores["wikitext/ppl"] = perplexity_score(raw["tasks"][t], "wikitext/ppl")
             else:
                 for s in mc_scores(data, raw["tasks"][t], t, raw["bos"]).values():
                     scores[s.name] = s
+                pooled += scores[f"{t}/acc"].values
+                tasks.append(f"{t} {len(data)}")
+        if pooled:
+            scores["pooled/acc"] = Score(
+                "pooled/acc", f"accuracy over the items of every multiple-choice task pooled ({', '.join(tasks)}); "
+                "the half-width of its paired 95% interval is the smallest change in retention this size resolves",
+                pooled, unit="fraction", display="percent")
         return scores
 
 
