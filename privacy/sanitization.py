@@ -19,6 +19,9 @@ Deviations, documented:
   self, see benchmarks/RESULTS.md);
 * the reference trains 20 epochs at batch 128; the default here is 2 epochs at batch 8.
 * module names come from the architecture table (roles q, v, gate, ...), not from names.
+* the loss is on the answer tokens only (the prompt is masked out of the labels), and gradients
+  are clipped to norm 1.0 (:func:`trustedit.methods.base.train_pairs`); the reference recipe
+  (Alpaca-LoRA's training loop) does neither: it trains on prompt and answer alike, unclipped.
 """
 
 from __future__ import annotations

@@ -326,16 +326,35 @@ def job_train(lm, job) -> DetoxTrain:
     return DetoxTrain(exclude_ids=tuple(sorted(ids, key=str)))
 
 
+def default_evaluated_ids(seed: int) -> tuple:
+    """The RTP prompts the ``rtp`` and ``extsub-greedy`` suites evaluate at their default sizes for
+    ``seed`` (toxic-first and random sets): what training must never see."""
+    from trustedit.data.toxicity import load_rtp, select_rtp
+    from trustedit.suites.rtp import RTPOptions
+
+    o, data = RTPOptions(), load_rtp()
+    ids = {p.id for p in select_rtp(data, o.toxic_limit, seed, "toxic-first")}
+    ids |= {p.id for p in select_rtp(data, o.random_limit, seed, "random")}
+    return tuple(sorted(ids, key=str))
+
+
 def fit(lm, data=None, cfg: ExtSubConfig | None = None, stages=None):
     """Train both adapters and combine them as ``cfg.combine`` says. ``data``: None (the project's
     toxic / non-toxic text), ``(non_toxic_texts, toxic_texts)`` or a :class:`DetoxTrain`. The
-    patch carries the other combinations of the same two adapters as ``patch.variants``."""
+    patch carries the other combinations of the same two adapters as ``patch.variants``.
+
+    With the project's RTP text (``data`` None, ``data_source="rtp"``), the prompts that the RTP
+    suites evaluate at their default sizes are left out of training (:func:`default_evaluated_ids`),
+    as a job leaves out exactly the prompts it evaluates (:func:`job_train`)."""
     cfg = cfg or ExtSubConfig()
     set_seed(cfg.seed)
     if isinstance(data, DetoxTrain):
         good, bad, exclude = data.good, data.bad, data.exclude_ids
+    elif data is None:
+        good = bad = None
+        exclude = default_evaluated_ids(cfg.seed) if cfg.data_source == "rtp" else ()
     else:
-        (good, bad), exclude = ((None, None) if data is None else data), ()
+        (good, bad), exclude = data, ()
     pos, neg, record = train_adapters(lm, cfg, good, bad, stages, exclude_ids=exclude)
     patch = patch_from(lm, pos, neg, cfg, record)
     patch.variants = {how: patch_from(lm, pos, neg, cfg, record, how) for how in ("expert", "negation", "ext-sub")

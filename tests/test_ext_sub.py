@@ -140,3 +140,23 @@ def test_continuation_pairs_take_explicit_prompt_continuation_pairs(tiny_llama):
     assert len(pairs) == 2
     tok = tiny_llama.tokenizer
     assert tok.decode(pairs[0].target).strip() == "the Hamlet."
+
+
+@pytest.mark.skipif(not __import__("os").environ.get("TRUSTEDIT_DATA_DIR"), reason="TRUSTEDIT_DATA_DIR not set")
+def test_fit_through_the_api_leaves_out_the_evaluated_prompts(tiny_llama, monkeypatch):
+    """ext_sub.fit(lm) without data trains on RTP text minus the prompts the RTP suites evaluate at
+    their default sizes (before, only the job left them out)."""
+    from trustedit.data.toxicity import load_rtp, select_rtp
+
+    seen = {}
+
+    def fake_train(lm, cfg, good=None, bad=None, stages=None, exclude_ids=()):
+        seen["exclude"] = set(exclude_ids)
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(E, "train_adapters", fake_train)
+    with pytest.raises(RuntimeError, match="stop"):
+        E.fit(tiny_llama, None, E.ExtSubConfig(seed=3))
+    data = load_rtp()
+    expect = {p.id for p in select_rtp(data, 200, 3, "toxic-first")} | {p.id for p in select_rtp(data, 100, 3, "random")}
+    assert seen["exclude"] == expect and len(expect) > 250

@@ -200,3 +200,8 @@ def test_answers_match_in_either_grammatical_number():
     assert qa.contains_answer("The cities of Italy", ["city"]) and qa.contains_answer("two boxes", ["box"])
     assert not qa.contains_answer("birdsong", ["bird"])  # whole words only
     assert qa.number_variants("glass") == {"glass", "glasses"} and qa.number_variants("12") == {"12"}
+
+
+def test_fluency_entropy_keeps_case_as_rome_does():
+    text = "The cat sat . the cat sat ."
+    assert fluency.ngram_entropy(text) > fluency.ngram_entropy(text, lowercase=True)  # 'The' and 'the' differ

@@ -67,14 +67,27 @@ def save(key: str, payload: dict) -> None:
 CODE_PATHS = ("prompts.py", "models.py", "arch.py", "metrics", "suites", "data")
 
 
+def git_revision(folder: Path) -> str | None:
+    """The git commit checked out in ``folder``'s repository, or None outside one."""
+    import subprocess
+
+    try:
+        p = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return p.stdout.strip() or None if p.returncode == 0 else None
+
+
 def code_fingerprint() -> str:
     """SHA-256 of the source of the modules that build items and run model passes
-    (:data:`CODE_PATHS` inside the trustedit package), so that passes cached by other code are never
-    served: any change to that code is a new key."""
+    (:data:`CODE_PATHS` inside the trustedit package) and of the git revision when trustedit runs
+    from a checkout, so that passes cached by other code are never served: any change to that code
+    is a new key."""
     global _CODE_FP
     if _CODE_FP is None:
         root = Path(__file__).parent
         h = hashlib.sha256()
+        h.update(f"git:{git_revision(root)}\n".encode())
         files = []
         for rel in CODE_PATHS:
             p = root / rel

@@ -2,8 +2,10 @@
 
 ``ngram_entropy(text) = sum_n w_n * H_n / sum_n w_n`` with n in (2, 3) and weights (2/3, 4/3),
 H_n the entropy (base 2) of the n-gram frequency distribution of the text's word tokens. This
-is EasyEdit's ``n_gram_entropy``; we tokenise with a regex word splitter instead of NLTK's
-``word_tokenize`` (no NLTK data download), which differs only on rare punctuation cases.
+is EasyEdit's ``n_gram_entropy`` (from ROME). Deviation: we tokenise with a regex word splitter
+instead of NLTK's ``word_tokenize`` (no NLTK data download), which differs only on rare punctuation
+cases. The text is *not* lower-cased, as in ROME and EasyEdit (trustedit lower-cased it before
+2026-11; ``lowercase=True`` is that variant).
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ PROTOCOL = ("KnowEdit fluency: weighted bi/tri-gram entropy (weights 2/3, 4/3, b
             "of greedy continuations, {max_new} new tokens; prompt format {fmt}")
 
 
-def ngram_entropy(text: str, ns=(2, 3), weights=(2 / 3, 4 / 3)) -> float:
-    toks = _WORD.findall(text.lower())
+def ngram_entropy(text: str, ns=(2, 3), weights=(2 / 3, 4 / 3), lowercase: bool = False) -> float:
+    toks = _WORD.findall(text.lower() if lowercase else text)
     hs = []
     for n in ns:
         grams = Counter(tuple(toks[i : i + n]) for i in range(len(toks) - n + 1))
