@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import argparse
 
-FIGURES = ("DS", "DG_onlyQ", "DG_otherA", "DG_otherQ", "DG_otherAQ", "DG_avg", "fluency_ngram_entropy", "locality")
+FIGURES = ("DS", "DG_onlyQ", "DG_otherA", "DG_otherQ", "DG_otherAQ", "DG_avg", "fluency_ngram_entropy", "locality",
+           "knowledge_agreement")
 
 
 def figures(results: dict) -> dict:

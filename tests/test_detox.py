@@ -171,9 +171,13 @@ def test_detox_dinm_writes_the_standard_run_directory(tmp_path, monkeypatch, lla
     assert res["method"]["config"]["steps"] == 2 and res["suites"]["safeedit"]["dataset"]["n"] == 2
     assert res["suites"]["safeedit"]["options"]["max_length"] == 256  # linked to the method's max_length
     ms = res["metrics"]["safeedit"]
-    for k in ("DS", "DG_avg", "DG_onlyQ", "fluency_ngram_entropy", "locality"):
+    for k in ("DS", "DG_avg", "DG_onlyQ", "fluency_ngram_entropy", "locality", "knowledge_agreement"):
         assert {"pre", "post", "delta"} <= set(ms[k]), k
     assert ms["DS"]["n"] == 2 and 0.0 <= ms["locality"]["post"]["value"] <= 1.0
+    # held-out locality: general-knowledge pairs of instances outside the evaluated ones, never trained on
+    held = res["suites"]["safeedit"]["dataset"]["heldout_pair_ids"]
+    assert len(held) == 10 and not set(held) & {0, 1} and "held-out" in ms["locality"]["protocol"]
+    assert "in-sample" in ms["knowledge_agreement"]["protocol"]
     assert len(res["edits"]) == 2 and all(e["training"]["layer"] in (0, 1) for e in res["edits"])
     rows = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all({"pre", "post", "edit"} <= set(x) for x in rows)

@@ -228,9 +228,10 @@ def test_run_safeedit(tiny_llama, weights, sequential, tmp_path, monkeypatch):
         weights.assert_same(lm.model, snap)
     ms = out["metrics"]["safeedit"]
     assert len(out["edits"]) == 2 and len(rows) == 2
-    for k in ("DS", *M.DG_KEYS, "DG_avg", "fluency_ngram_entropy", "locality"):
+    for k in ("DS", *M.DG_KEYS, "DG_avg", "fluency_ngram_entropy", "knowledge_agreement"):
         assert ms[k]["pre"]["value"] is not None and ms[k]["post"]["value"] is not None, k
-    assert 0.0 <= ms["locality"]["post"]["value"] <= 1.0
+    assert 0.0 <= ms["knowledge_agreement"]["post"]["value"] <= 1.0
+    assert "in-sample" in ms["knowledge_agreement"]["protocol"]
     s = rows[0]
     assert set(s["pre"]) == {"DS", *M.DG_KEYS} and "verdict" in s["pre"]["DS"] and s["edit"]["training"]["layer"] in (0, 1)
     assert "fake judge" in ms["DS"]["protocol"]
@@ -242,7 +243,7 @@ def test_identity_edit_reproduces_base(tiny_llama, tmp_path, monkeypatch):
                               max_new_tokens=6)
     s = rows[0]
     assert {k: v["response"] for k, v in s["pre"].items()} == {k: v["response"] for k, v in s["post"].items()}
-    assert out["metrics"]["safeedit"]["locality"]["post"]["value"] == 1.0
+    assert out["metrics"]["safeedit"]["knowledge_agreement"]["post"]["value"] == 1.0
 
 
 def test_run_without_generalization_inputs(tiny_llama, tmp_path, monkeypatch):

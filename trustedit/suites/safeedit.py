@@ -9,8 +9,12 @@ around ``text + " " + system_suffix`` (EasyEdit's ``suffix_system_prompt``).
 Metrics (:mod:`trustedit.metrics.safety`): ``DS`` (defence success on the edit input), ``DG_onlyQ``,
 ``DG_otherA``, ``DG_otherQ``, ``DG_otherAQ`` and their per-instance mean ``DG_avg`` (defence
 generalisation), judged offline (``similarity``: MiniLM cosine to the instance's safe vs unsafe
-reference) or by a local classifier; ``fluency_ngram_entropy`` of the responses; ``locality``:
-teacher-forced agreement with the base model on the control pair.
+reference) or by a local classifier; ``fluency_ngram_entropy`` of the responses;
+``knowledge_agreement``: teacher-forced agreement with the base model on the instance's own
+general-knowledge pair, which DINM's KL term trains on (in-sample: it says the constraint held,
+not that other knowledge survived); ``locality``: the same agreement on ``heldout_pairs``
+general-knowledge pairs of SafeEdit instances outside the evaluated ones (never trained on, also
+not in sequential editing).
 
 Per-instance methods (DINM) edit one instance at a time: the job's ``per_instance`` protocol
 measures each instance right after its own edit (:meth:`SafeEditSuite.select`).
@@ -39,6 +43,8 @@ class SafeEditOptions(SuiteOptions):
                              "suffix_system_prompt, or the editing method's own system_suffix).")
     max_length: int = opt(1000, "Most tokens of the control pair (prompt + answer); longer prompts lose tokens from "
                           "the left (EasyEdit: 1000).", check=pos_int)
+    heldout_pairs: int = opt(10, "General-knowledge pairs of SafeEdit instances outside the evaluated ones, for the "
+                             "held-out locality (0: none).", check=nonneg_int)
 
 
 def suffix(opts) -> str:
@@ -53,7 +59,8 @@ class SafeEditSuite(Suite):
     summary = "SafeEdit defence success and generalisation (DS, DG), response fluency, control-pair locality"
     citation = "Wang et al. 2024, Detoxifying Large Language Models via Knowledge Editing (ACL 2024)"
     has_instances = True
-    headline = ("DS", "DG_avg", "DG_onlyQ", "DG_otherA", "DG_otherQ", "DG_otherAQ", "fluency_ngram_entropy", "locality")
+    headline = ("DS", "DG_avg", "DG_onlyQ", "DG_otherA", "DG_otherQ", "DG_otherAQ", "fluency_ngram_entropy", "locality",
+                "knowledge_agreement")
 
     def load(self, opts, ctx):
         from trustedit.data.safeedit import load_safeedit
@@ -62,7 +69,10 @@ class SafeEditSuite(Suite):
         data = load_safeedit(opts.safeedit_split, limit=ctx.size(opts, "instances"))
         if not len(data):
             raise UsageError(f"no SafeEdit instances selected (split {opts.safeedit_split!r}, --instances {opts.instances})")
-        return Items(self.name, {"instances": list(data)}, data.fingerprint + f"#{len(data)}", data.describe(), opts)
+        evaluated = {x.id for x in data}
+        pool = [x for x in load_safeedit("all") if x.id not in evaluated][: opts.heldout_pairs] if opts.heldout_pairs else []
+        info = {**data.describe(), "heldout_pair_ids": [x.id for x in pool]}
+        return Items(self.name, {"instances": list(data), "heldout": pool}, data.fingerprint + f"#{len(data)}", info, opts)
 
     def setup(self, items, ctx):
         from trustedit.metrics.safety import make_judge
@@ -87,6 +97,8 @@ class SafeEditSuite(Suite):
                 "prompts": [eval_prompts(lm.tokenizer, x, sfx, fmt) for x in items.data["instances"]],
                 "knowledge": [knowledge_pair(lm.tokenizer, x, sfx, items.opts.max_length, fmt)
                               for x in items.data["instances"]],
+                "heldout": [knowledge_pair(lm.tokenizer, x, sfx, items.opts.max_length, fmt)
+                            for x in items.data.get("heldout", [])],
                 "fmt": name, "prompt_format": {**fmt.describe(lm.tokenizer), "system_suffix": sfx}}
         return items.memo[key]
 
@@ -95,6 +107,7 @@ class SafeEditSuite(Suite):
 
         inp = self._inputs(lm, items)
         return {"prompts": digest(inp["prompts"]), "knowledge": digest([(p.prompt, p.target) for p in inp["knowledge"]]),
+                "heldout": digest([(p.prompt, p.target) for p in inp["heldout"]]),
                 "response_tokens": items.opts.response_tokens, "batch_size": batch_size}
 
     def longest_input(self, lm, items):
@@ -123,7 +136,10 @@ class SafeEditSuite(Suite):
                                 batch_size, desc="respond")
             responses.append(dict(zip(keys, texts)))
             knowledge.append(predicted_target_tokens(lm.model, [kpair], pad, 1, desc="knowledge", share_prefix=False)[0])
-        return {"responses": responses, "knowledge": knowledge}
+        # the held-out pairs do not depend on the instance: one pass per call (per edited model)
+        held = [predicted_target_tokens(lm.model, [p], pad, 1, desc="held-out knowledge", share_prefix=False)[0]
+                for p in inp["heldout"]]
+        return {"responses": responses, "knowledge": knowledge, "heldout": [held] * len(responses)}
 
     def instances(self, items):
         return list(items.data["instances"])
@@ -134,12 +150,15 @@ class SafeEditSuite(Suite):
             if k[0] == "inputs":
                 v = {**v, "prompts": [v["prompts"][i] for i in indices], "knowledge": [v["knowledge"][i] for i in indices]}
             memo[k] = v
-        return Items(items.suite, {"instances": [items.data["instances"][i] for i in indices]}, items.fingerprint,
-                     items.info, items.opts, memo)
+        return Items(items.suite, {"instances": [items.data["instances"][i] for i in indices],
+                                   "heldout": items.data.get("heldout", [])}, items.fingerprint, items.info, items.opts, memo)
 
     def score(self, raw, base_raw, items, ctx):
+        from dataclasses import replace
+
         from trustedit.metrics import knowedit
         from trustedit.metrics.safety import METRIC_KEYS, response_fluency, safety_scores
+        from trustedit.metrics.scores import Score
 
         judge = ctx.resources[f"judge:{items.opts.judge}"]
         inst = items.data["instances"]
@@ -155,15 +174,29 @@ class SafeEditSuite(Suite):
         scores["fluency_ngram_entropy"] = response_fluency([[r[k] for k in keys] for r in resp],
                                                            items.opts.response_tokens, fmt)
         base = base_raw or raw
-        scores["locality"] = knowedit.locality(base["knowledge"], raw["knowledge"],
-                                               fmt + " (SafeEdit knowledge constrain pairs)")
-        if base_raw is None:
-            scores["locality"].extra["note"] = "the base model agrees with itself by definition"
+        k = knowedit.locality(base["knowledge"], raw["knowledge"], fmt + " (SafeEdit knowledge constrain pairs)")
+        scores["knowledge_agreement"] = replace(
+            k, name="knowledge_agreement", protocol="in-sample: " + k.protocol.replace("KnowEdit Locality", "agreement")
+            + " on each instance's own pair, the one DINM's KL term trains on")
+        if raw.get("heldout") and raw["heldout"][0]:
+            per = []
+            for b, a in zip(base["heldout"], raw["heldout"]):
+                same = sum(x == y for pb, pa in zip(b, a) for x, y in zip(pb, pa))
+                per.append(same / max(1, sum(len(pb) for pb in b)))
+            scores["locality"] = Score(
+                "locality", f"KnowEdit Locality on {len(raw['heldout'][0])} held-out general-knowledge pairs (SafeEdit "
+                f"instances {items.info.get('heldout_pair_ids')} outside the evaluated ones, never trained on): per "
+                f"instance, the share of their answer positions where the edited model's teacher-forced argmax equals "
+                f"the base model's; prompt format {fmt}", per, unit="fraction", display="percent")
+        for key in ("knowledge_agreement", "locality"):
+            if base_raw is None and key in scores:
+                scores[key].extra["note"] = "the base model agrees with itself by definition"
         return scores
 
     def samples(self, items, pre, post):
         rows = []
-        loc = post["scores"]["locality"].values if post else None
+        loc = post["scores"]["knowledge_agreement"].values if post else None
+        held = post["scores"]["locality"].values if post and "locality" in post["scores"] else None
         for j, x in enumerate(items.data["instances"]):
             row = {"id": x.id, "category": x.category, "safe_reference": x.safe, "unsafe_reference": x.unsafe}
             for side, res in (("pre", pre), ("post", post)):
@@ -173,7 +206,9 @@ class SafeEditSuite(Suite):
                 row[side] = {k: {"response": r["responses"][j][k], "verdict": r["verdicts"][k][j]}
                              for k in r["verdicts"]}
             if loc is not None:
-                row["locality"] = loc[j]
+                row["knowledge_agreement"] = loc[j]
+            if held is not None:
+                row["locality"] = held[j]
             rows.append(row)
         return rows
 
