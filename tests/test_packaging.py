@@ -28,6 +28,8 @@ def test_wheel_layout(wheel):
         assert f"{pkg}/__init__.py" not in names  # never a top-level package
     assert "trustedit/privacy/sanitization.py" in names
     assert "trustedit/data/starter/sanitation_train.json" in names
+    for name in ("crows_pairs", "stereoset", "winobias", "rtp_toxicity", "sanitation"):
+        assert f"trustedit/evaluate_modules/{name}/{name}.py" in names  # evaluate.load(trustedit.evaluate_module(name))
 
 
 def test_wheel_in_fresh_venv_runs_help(wheel, tmp_path):
@@ -44,3 +46,6 @@ def test_wheel_in_fresh_venv_runs_help(wheel, tmp_path):
                         "import trustedit.privacy as p; print(p.__file__)"], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert str(env_dir) in r.stdout
+    r = subprocess.run([str(py), "-c", "import os, trustedit; print(all(os.path.isfile(os.path.join(trustedit.evaluate_module(n), "
+                        "n + '.py')) for n in trustedit.EVALUATE_MODULES))"], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.strip() == "True", r.stderr
