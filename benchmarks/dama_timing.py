@@ -18,7 +18,7 @@ import argparse
 import json
 import time
 
-from trustedit.benchmarks.erase_timing import machine
+from trustedit.benchmarks.erase_timing import forward_throughput, machine
 
 
 def main(argv=None):
@@ -43,12 +43,13 @@ def main(argv=None):
     with st("fit"):
         patch = dama.fit(lm, None, cfg, stages=st)
     total = time.perf_counter() - t0
+    tps = forward_throughput(lm)
     tr = patch.manifest["training"]
     figures = {"machine": machine(), "model": lm.spec, "config": cfg.to_dict(), "layers": tr["layers"],
                "components": tr["components"], "prompts": tr["prompts"], "contexts": len(tr["contexts"]),
                "seconds": st.seconds, "peak_rss_mb": st.peak_rss_mb, "peak_cuda_mb": st.peak_cuda_mb,
-               "load_plus_fit_s": round(total, 1)}
-    print(f"machine: {figures['machine']}")
+               "load_plus_fit_s": round(total, 1), "forward_tokens_per_s": round(tps)}
+    print(f"machine: {figures['machine']}; forward throughput {tps:.0f} tokens/s (16 x 64 batch, fp32)")
     print(f"model {lm.spec}; layers {tr['layers'][0]}-{tr['layers'][-1]}, d_c {tr['components']}, "
           f"{tr['prompts']} prompts x {len(tr['contexts'])} contexts; replay {'off' if args.no_replay else 'on'}\n")
     cuda = bool(st.peak_cuda_mb)

@@ -44,7 +44,13 @@ def main(argv=None):
     from trustedit.cli import _parser, job_plan
     from trustedit.job import run
 
-    r = run(job_plan(_parser().parse_args(["detox", "--method", "dinm", "--out", args.out, *rest])))
+    p = job_plan(_parser().parse_args(["detox", "--method", "dinm", "--out", args.out, *rest]))
+    r = run(p)
+    from trustedit.benchmarks.erase_timing import forward_throughput, machine
+    from trustedit.models import load_model
+
+    tps = forward_throughput(load_model(p.opts.model, p.opts.device, p.opts.dtype))
+    print(f"machine: {machine()}; forward throughput {tps:.0f} tokens/s (16 x 64 batch, fp32)")
     print("| metric | base | post | change (points) |\n|---|---|---|---|")
     for k, v in figures(r).items():
         if isinstance(v, dict):
