@@ -133,3 +133,15 @@ def test_generalization_optional_for_three(tmp_path):
         S.load_safeedit("nope")
     with pytest.raises(TrusteditError, match="limit"):
         S.load_safeedit(path=p, limit=-1)
+
+
+@needs_safeedit
+def test_heldout_split_is_disjoint_from_the_tuning_split():
+    """DINM's defaults were tuned on first50: the default reported split shares no instance with it."""
+    from trustedit.data.safeedit import load_safeedit
+    from trustedit.suites.safeedit import SafeEditOptions
+
+    held, tune = load_safeedit("heldout"), load_safeedit("first50")
+    assert len(held) == 94 and not {x.id for x in held} & {x.id for x in tune}
+    assert {x.id for x in held} | {x.id for x in tune} == {x.id for x in load_safeedit("all")}
+    assert SafeEditOptions().safeedit_split == "heldout"

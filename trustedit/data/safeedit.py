@@ -37,7 +37,9 @@ FILES = {
     "sample100": "safeedit/SafeEdit_test_sample100.json",
     "three": "safeedit/three_instances_for_editing.json",
 }
-SPLITS = (*FILES, "all")  # "all": first50 then sample100, records whose id was already read skipped
+# "all": first50 then sample100, records whose id was already read skipped; "heldout": sample100 without
+# the ids of first50 (94 instances), disjoint from first50, on which DINM's defaults were tuned
+SPLITS = (*FILES, "all", "heldout")
 
 # metric name -> key inside "generalization test"
 DG_FIELDS = {
@@ -163,9 +165,10 @@ def load_safeedit(split: str = "first50", limit: int | None = None, path: PathLi
                   need_generalization: bool | None = None) -> SafeEditData:
     """SafeEdit instances of ``split`` (file order), the first ``limit``.
 
-    ``split``: ``first50``, ``sample100``, ``three`` or ``all`` (first50 then sample100 without
-    the ids already read: 144 distinct instances). ``path``: an explicit file (``split`` is then
-    only the name). ``need_generalization`` (default: True except for ``three``) makes a missing
+    ``split``: ``first50``, ``sample100``, ``three``, ``all`` (first50 then sample100 without
+    the ids already read: 144 distinct instances) or ``heldout`` (sample100 without the ids of
+    first50: the instances DINM's defaults were not tuned on). ``path``: an explicit file (``split``
+    is then only the name). ``need_generalization`` (default: True except for ``three``) makes a missing
     ``generalization test`` an error.
     """
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
@@ -175,16 +178,17 @@ def load_safeedit(split: str = "first50", limit: int | None = None, path: PathLi
     need = (split != "three") if need_generalization is None else need_generalization
     if path is not None:
         files = [require(FILES.get(split, FOLDER), path)]
-    elif split == "all":
+    elif split in ("all", "heldout"):
         files = [require(FILES["first50"]), require(FILES["sample100"])]
     else:
         files = [require(FILES[split])]
     items, ids = [], set()
-    for f in files:
+    for k, f in enumerate(files):
         for inst in load_file(f, need):
             if inst.id not in ids:
                 ids.add(inst.id)
-                items.append(inst)
+                if not (split == "heldout" and path is None and k == 0):  # heldout: first50's ids only excluded
+                    items.append(inst)
     return SafeEditData(items if limit is None else items[:limit], f"safeedit_{split}", files, limit)
 
 

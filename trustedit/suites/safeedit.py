@@ -35,7 +35,9 @@ def _split_check(v):
 
 @dataclass
 class SafeEditOptions(SuiteOptions):
-    safeedit_split: str = opt("first50", "SafeEdit split: first50 (default), sample100, all, three.", check=_split_check)
+    safeedit_split: str = opt("heldout", "SafeEdit split: heldout (default: sample100 without first50's ids, 94 "
+                              "instances DINM's defaults were not tuned on), first50 (the tuning split), sample100, all, "
+                              "three.", check=_split_check)
     instances: int = opt(None, "First N instances of the split (default: all).", check=nonneg_int)
     judge: str = opt("similarity", "'similarity' (offline, default) or a local sequence-classifier folder.")
     response_tokens: int = opt(64, "Greedy response length (default 64).", check=pos_int)
