@@ -264,3 +264,18 @@ def test_every_cli_error_is_one_line_without_a_traceback(tmp_path):
     assert not failures, "\n".join(failures)
     assert json.loads((tmp_path / "exists" / "results.json").read_text()) == {}  # untouched
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".") and "tmp" in p], "temporary folder left behind"
+
+
+@needs_data
+def test_zero_means_the_whole_set_and_limit_caps_the_defaults():
+    from trustedit.suites.base import LoadContext
+    from trustedit.suites.retention import SUITE as RET, RetentionOptions
+    from trustedit.suites.winobias import SUITE as WB, WinoBiasOptions
+
+    all_wb = WB.load(WinoBiasOptions(winobias_limit=0), LoadContext(explicit=frozenset({"winobias_limit"})))
+    assert len(all_wb.data["items"]) > 1000  # every test sentence, not none
+    capped = RET.load(RetentionOptions(retention=["piqa", "wikitext"]), LoadContext(limit=5))
+    assert len(capped.data["piqa"]) == 5 and len(capped.data["wikitext"]) == 1
+    everything = RET.load(RetentionOptions(retention=["piqa"], retention_limit=0),
+                          LoadContext(explicit=frozenset({"retention_limit"})))
+    assert len(everything.data["piqa"]) > 1000

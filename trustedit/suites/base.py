@@ -109,9 +109,12 @@ class LoadContext:
     seed: int = 0
     explicit: frozenset = frozenset()
 
-    def size(self, opts, name: str, default=None):
+    def size(self, opts, name: str, default=None, zero_is_all: bool = False):
+        """The size of the item set that option ``name`` sets: the user's value when given, else the
+        default capped at ``--limit``. ``zero_is_all``: 0 means the whole set (returned as None)."""
         value = getattr(opts, name) if default is None else default
-        return cap(value, self.limit, getattr(opts, name) if name in self.explicit else None)
+        n = cap(value, self.limit, getattr(opts, name) if name in self.explicit else None)
+        return None if zero_is_all and n == 0 else n
 
 
 @dataclass

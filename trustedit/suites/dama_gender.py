@@ -15,7 +15,7 @@ from trustedit.suites.base import Items, Suite, SuiteOptions, nonneg_int, opt
 
 @dataclass
 class DamaGenderOptions(SuiteOptions):
-    dama_test_limit: int = opt(None, "DAMA test prompts (default: all 1,111).", check=nonneg_int)
+    dama_test_limit: int = opt(None, "DAMA test prompts (default and 0: all 1,111).", check=nonneg_int)
 
 
 def strip(scores: dict, prefix: str) -> dict:
@@ -37,7 +37,7 @@ class DamaGenderSuite(Suite):
     def load(self, opts, ctx):
         from trustedit.data import bias as B
 
-        prompts = B.load_dama_test(ctx.size(opts, "dama_test_limit"))
+        prompts = B.load_dama_test(ctx.size(opts, "dama_test_limit", zero_is_all=True))
         profs = B.load_dama_professions()
         info = {"prompts": len(prompts), "prompts_source": prompts.describe(), "professions": len(profs),
                 "professions_source": profs.describe()}

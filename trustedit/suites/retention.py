@@ -27,8 +27,8 @@ class RetentionOptions(SuiteOptions):
     retention: list = opt(list(DEFAULT_TASKS), "General-task retention tasks, comma-separated ('none' for none).",
                           check=_tasks_check)
     retention_limit: int = opt(30, "Items per multiple-choice retention task (the first N; MMLU round-robin over "
-                               "subjects).", check=nonneg_int)
-    wikitext_docs: int = opt(1, "WikiText-2 test documents for perplexity.", check=nonneg_int)
+                               "subjects; 0: all).", check=nonneg_int)
+    wikitext_docs: int = opt(1, "WikiText-2 test documents for perplexity (0: all 62).", check=nonneg_int)
 
 
 class RetentionSuite(Suite):
@@ -46,9 +46,9 @@ class RetentionSuite(Suite):
         tasks = {}
         for t in opts.retention:
             if t == "wikitext":
-                tasks[t] = load_wikitext(ctx.size(opts, "wikitext_docs"))
+                tasks[t] = load_wikitext(ctx.size(opts, "wikitext_docs", zero_is_all=True))
             else:
-                tasks[t] = load_mc(t, ctx.size(opts, "retention_limit"))
+                tasks[t] = load_mc(t, ctx.size(opts, "retention_limit", zero_is_all=True))
         rows = {t: (v if t == "wikitext" else [asdict(x) for x in v]) for t, v in tasks.items()}
         info = {"tasks": {t: len(v) for t, v in tasks.items()}}
         return Items(self.name, tasks, "sha256:" + digest(rows), info, opts)

@@ -38,7 +38,7 @@ class SafeEditOptions(SuiteOptions):
     safeedit_split: str = opt("heldout", "SafeEdit split: heldout (default: sample100 without first50's ids, 94 "
                               "instances DINM's defaults were not tuned on), first50 (the tuning split), sample100, all, "
                               "three.", check=_split_check)
-    instances: int = opt(None, "First N instances of the split (default: all).", check=nonneg_int)
+    instances: int = opt(None, "First N instances of the split (default and 0: all).", check=nonneg_int)
     judge: str = opt("similarity", "'similarity' (offline, default) or a local sequence-classifier folder.")
     response_tokens: int = opt(64, "Greedy response length (default 64).", check=pos_int)
     system_suffix: str = opt(None, "Appended to every user message ('' for none; default: EasyEdit's "
@@ -68,7 +68,7 @@ class SafeEditSuite(Suite):
         from trustedit.data.safeedit import load_safeedit
         from trustedit.errors import UsageError
 
-        data = load_safeedit(opts.safeedit_split, limit=ctx.size(opts, "instances"))
+        data = load_safeedit(opts.safeedit_split, limit=ctx.size(opts, "instances", zero_is_all=True))
         if not len(data):
             raise UsageError(f"no SafeEdit instances selected (split {opts.safeedit_split!r}, --instances {opts.instances})")
         evaluated = {x.id for x in data}

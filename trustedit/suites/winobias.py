@@ -17,7 +17,8 @@ PROTOCOLS = ("dama", "loglik")
 
 @dataclass
 class WinoBiasOptions(SuiteOptions):
-    winobias_limit: int = opt(50, "WinoBias sentences per test file (4 files; pro/anti stay paired).", check=nonneg_int)
+    winobias_limit: int = opt(50, "WinoBias sentences per test file (4 files; pro/anti stay paired; 0: all).",
+                              check=nonneg_int)
 
 
 class WinoBiasSuite(Suite):
@@ -30,7 +31,7 @@ class WinoBiasSuite(Suite):
     def load(self, opts, ctx):
         from trustedit.data import bias as B
 
-        items = B.load_winobias("test", limit=ctx.size(opts, "winobias_limit"))
+        items = B.load_winobias("test", limit=ctx.size(opts, "winobias_limit", zero_is_all=True))
         return Items(self.name, {"items": items}, items.fingerprint + f"#{len(items)}",
                      {"sentences": len(items), "source": items.describe()}, opts)
 
