@@ -105,5 +105,20 @@ class RetentionSuite(Suite):
                 pooled, unit="fraction", display="percent")
         return scores
 
+    def samples(self, items, pre, post):
+        """Per multiple-choice item: whether the base (and the edited) model chose the gold answer."""
+        rows = []
+        for t, data in items.data.items():
+            if t == "wikitext":
+                continue
+            a = pre["scores"][f"{t}/acc"].values
+            b = post["scores"][f"{t}/acc"].values if post else None
+            for i, it in enumerate(data):
+                row = {"task": t, "id": it.id, "gold": it.label, "pre_correct": bool(a[i])}
+                if b is not None:
+                    row["post_correct"] = bool(b[i])
+                rows.append(row)
+        return rows
+
 
 SUITE = RetentionSuite()
