@@ -1,7 +1,7 @@
 """Cross-check trustedit's multiple-choice and CrowS-Pairs metrics against lm-evaluation-harness.
 
     python -m trustedit.benchmarks.lm_eval_crosscheck [--limit 30] [--tasks piqa,mmlu,...]
-        [--model SPEC] [--batch-size 8] [--out FILE.json] [--check]
+        [--model SPEC] [--batch-size 8] [--out FILE.json] [--check] [--tokens-only]
 
 Needs the ``crosscheck`` extra (``pip install 'trustedit[crosscheck]'``: lm-eval, pinned) and
 ``$TRUSTEDIT_DATA_DIR``. Runs offline (``HF_HUB_OFFLINE=1``, ``HF_DATASETS_OFFLINE=1`` are set).
@@ -71,6 +71,7 @@ PROMPT_KEYS = ("output_type", "description", "doc_to_text", "doc_to_target", "do
 TEMPLATE_EXCEPTIONS = {"trustedit_hellaswag": {"process_docs": "ctx_b cannot be re-capitalised (joined local ctx)"}}
 TARGET_AGREEMENT_PCT = 99.0
 TARGET_DIFF_POINTS = 0.1
+LM_EVAL_DELIMITER = " "  # target_delimiter of every multiple-choice YAML here but CrowS-Pairs'
 NEAR_TIE = 1e-3  # nats: a top-two margin this small can flip on float rounding of batched passes
 
 
@@ -154,33 +155,48 @@ def lm_eval_samples(task: str, items) -> dict[str, list[int]]:
     return out
 
 
-def run_ours(lm, task: str, items, batch_size: int) -> dict:
-    """Per item: our metric values, and per request: strings, token ids and log-likelihood."""
+def our_requests(lm, task: str, items) -> dict:
+    """Our request strings and token ids, in item order (no model pass)."""
     from trustedit.metrics import retention as R
 
     tok = lm.tokenizer
-    bos = R.resolve_add_bos(tok, None)
     if task == "crows_pairs":
-        from trustedit.metrics.bias import crows_requests, crows_scores, token_logprobs
+        from trustedit.metrics.bias import crows_requests
 
         req = crows_requests(tok, items)
+        return {"req": req, "strings": [("", s.strip()) for it in items for s in (it.sent_more, it.sent_less)],
+                "tokens": [(s[:f], s[f:]) for s, f in zip(req["seqs"], req["first"])], "per_item": [2] * len(items)}
+    bos = R.resolve_add_bos(tok, None)
+    reqs = R.mc_requests(items)
+    return {"strings": reqs, "tokens": [R.encode_pair(tok, c, x, bos) for c, x in reqs],
+            "per_item": [len(it.choices) for it in items]}
+
+
+def run_ours(lm, task: str, items, batch_size: int, ours: dict) -> dict:
+    """Adds our per-item metric values and per-request log-likelihoods to :func:`our_requests`'
+    dict: the functions the retention and crows-pairs suites run."""
+    from trustedit.metrics import retention as R
+
+    tok = lm.tokenizer
+    if task == "crows_pairs":
+        from trustedit.metrics.bias import crows_scores, token_logprobs
+
+        req = ours["req"]
         lps = token_logprobs(lm.model, tok, req["seqs"], req["first"], batch_size, "crows-pairs (trustedit)")
         score = crows_scores(items, req, lps, scoring="sentence")["crows_pairs/metric"]
-        strings = [("", s.strip()) for it in items for s in (it.sent_more, it.sent_less)]
-        tokens = [(s[:f], s[f:]) for s, f in zip(req["seqs"], req["first"])]
-        return {"metrics": {"pct_stereotype": [v / 100.0 for v in score.values]}, "strings": strings,
-                "tokens": tokens, "lls": [float(sum(x)) for x in lps], "per_item": [2] * len(items)}
-    reqs = R.mc_requests(items)
+        return {**ours, "metrics": {"pct_stereotype": [v / 100.0 for v in score.values]},
+                "lls": [float(sum(x)) for x in lps]}
+    bos = R.resolve_add_bos(tok, None)
     raw = R.mc_pass(lm.model, tok, items, batch_size=batch_size, task=task, bos=bos)
     scores = R.mc_scores(items, raw, task, bos)
-    tokens = [R.encode_pair(tok, c, x, bos) for c, x in reqs]
-    return {"metrics": {"acc": list(scores["acc"].values), "acc_norm": list(scores["acc_norm"].values)},
-            "strings": reqs, "tokens": tokens, "lls": list(raw["lls"]), "per_item": [len(it.choices) for it in items]}
+    return {**ours, "metrics": {"acc": list(scores["acc"].values), "acc_norm": list(scores["acc_norm"].values)},
+            "lls": list(raw["lls"])}
 
 
-def make_lm_eval_model(folder: Path, batch_size: int, prefix_id: int):
+def make_lm_eval_model(folder: Path, batch_size: int, prefix_id: int, tokens_only: bool = False):
     """lm-eval's ``hf`` model exactly as ``simple_evaluate(model="hf", model_args=...)`` builds it,
-    recording the token ids of every request its ``_loglikelihood_tokens`` receives."""
+    recording the token ids of every request its ``_loglikelihood_tokens`` receives.
+    ``tokens_only``: record, and return (0.0, False) per request instead of running the model."""
     import lm_eval.api.registry
 
     model_args = {"pretrained": str(folder), "dtype": "float32", "prefix_token_id": prefix_id}
@@ -192,7 +208,7 @@ def make_lm_eval_model(folder: Path, batch_size: int, prefix_id: int):
     def recording(requests, *a, **kw):
         for (strings, ctx_enc, cont_enc) in requests:
             seen[tuple(strings)] = (list(ctx_enc), list(cont_enc))
-        return inner(requests, *a, **kw)
+        return [(0.0, False)] * len(requests) if tokens_only else inner(requests, *a, **kw)
 
     lm._loglikelihood_tokens = recording
     return lm, seen, model_args
@@ -254,13 +270,13 @@ def compare(task: str, items, ours: dict, theirs: dict, lm_tokens: dict, tokeniz
     same_str = [a == tuple(b) for a, b in zip(map(tuple, reqs_ours), reqs_lm)] if len(reqs_ours) == len(reqs_lm) else []
     same_tok = [t is not None and (list(o[0]) + list(o[1]), len(o[1])) == (t[0] + t[1], len(t[1]))
                 for o, t in zip(ours["tokens"], toks_lm)]
-    dll = [abs(a - b) for a, b, s in zip(ours["lls"], theirs["lls"], same_tok) if s]
+    dll = [abs(a - b) for a, b, s in zip(ours.get("lls", []), theirs["lls"], same_tok) if s]
     token_examples = []
     for k, (o, t, s) in enumerate(zip(ours["tokens"], toks_lm, same_tok)):
         if not s and t is not None and len(token_examples) < 3:
             token_examples.append(_token_diff(tokenizer, reqs_lm[k], o, t))
     metrics = {}
-    for m, lm_vals in theirs["metrics"].items():
+    for m, lm_vals in theirs["metrics"].items() if "metrics" in ours else ():
         our_vals = ours["metrics"].get(m)
         if our_vals is None:
             continue
@@ -276,7 +292,7 @@ def compare(task: str, items, ours: dict, theirs: dict, lm_tokens: dict, tokeniz
             sl = slice(starts[k], starts[k] + ours["per_item"][k])
             disagreements.append(_diagnose(task, it, bad, ours, theirs, sl, same_str, same_tok, toks_lm, tokenizer))
     ok = all(v["agree_pct"] >= TARGET_AGREEMENT_PCT and abs(v["diff_points"]) <= TARGET_DIFF_POINTS
-             for v in metrics.values())
+             for v in metrics.values()) if metrics else sum(same_tok) == len(reqs_ours)
     return {"items": n, "requests": len(reqs_ours), "metrics": metrics,
             "strings_identical": sum(same_str), "tokens_identical": sum(same_tok),
             "max_abs_dll_same_tokens": max(dll) if dll else None, "meets_target": ok,
@@ -294,6 +310,11 @@ def _token_diff(tok, strings, o, t) -> dict:
             else "different ids"}
 
 
+def _margin(values) -> float:
+    top = sorted(values, reverse=True)
+    return top[0] - top[1] if len(top) > 1 else float("inf")
+
+
 def _diagnose(task, it, bad, ours, theirs, sl, same_str, same_tok, toks_lm, tok) -> dict:
     lo, lt = ours["lls"][sl], theirs["lls"][sl]
     d = {"item": getattr(it, "id", None), "metrics": bad, "ours_ll": [round(x, 5) for x in lo],
@@ -306,11 +327,19 @@ def _diagnose(task, it, bad, ours, theirs, sl, same_str, same_tok, toks_lm, tok)
         if toks_lm[k] is not None:
             d["tokens"] = _token_diff(tok, theirs["strings"][k], ours["tokens"][k], toks_lm[k])
         causes.append("token ids differ (" + (d.get("tokens", {}).get("what") or "not recorded") + ")")
-    top = sorted(lt, reverse=True)
-    if len(top) > 1 and top[0] - top[1] < NEAR_TIE:
-        causes.append(f"near tie in lm-eval's log-likelihoods (margin {top[0] - top[1]:.2e} nats)")
-    if "acc_norm" in bad and "acc" not in bad and all(same_tok[sl]):
-        causes.append("acc_norm length definition")
+    margin = min(_margin(lo), _margin(lt))
+    if bad != ["acc_norm"] and margin < NEAR_TIE:
+        causes.append(f"near tie: the top two log-likelihoods are {margin:.2e} nats apart")
+    if "acc_norm" in bad and task != "crows_pairs":
+        ours_len = [max(1, len(c[len(it.target_delimiter):] if c.startswith(it.target_delimiter) else c))
+                    for c in it.choices]
+        lm_len = [len(c) - len(LM_EVAL_DELIMITER) for _, c in theirs["strings"][sl]]
+        if ours_len != lm_len:
+            causes.append(f"acc_norm length definition (trustedit {ours_len}, lm-eval {lm_len} characters)")
+        else:
+            margin = min(_margin([x / n for x, n in zip(lt, lm_len)]), _margin([x / n for x, n in zip(lo, lm_len)]))
+            if margin < NEAR_TIE:
+                causes.append(f"near tie: the top two length-normalised scores are {margin:.2e} apart")
     d["cause"] = "; ".join(causes) or "unexplained (same strings and tokens, no near tie)"
     if task == "crows_pairs":
         d["sent_more"], d["sent_less"] = it.sent_more, it.sent_less
@@ -326,23 +355,30 @@ def _diagnose(task, it, bad, ours, theirs, sl, same_str, same_tok, toks_lm, tok)
 
 
 def markdown(report: dict) -> str:
-    lines = ["| task | items | metric | per-item agreement | lm-eval | trustedit | diff (points) | strings identical "
-             "| tokens identical | max abs d-ll (same tokens) | target |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for t, r in report["tasks"].items():
-        for m, v in r["metrics"].items():
+    """The report as a Markdown table, a footnote on the set-up, and one line per finding."""
+    if report["tokens_only"]:
+        lines = ["| task | items | requests | strings identical | tokens identical |", "|---|---|---|---|---|"]
+        lines += [f"| {t} | {r['items']} | {r['requests']} | {r['strings_identical']} | {r['tokens_identical']} |"
+                  for t, r in report["tasks"].items()]
+    else:
+        lines = ["| task | items | metric | per-item agreement | lm-eval | trustedit | diff (points) | strings identical "
+                 "| tokens identical | max abs d-ll (same tokens) | target |",
+                 "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for t, r in report["tasks"].items():
             dll = r["max_abs_dll_same_tokens"]
-            lines.append(
-                f"| {t} | {r['items']} | {m} | {v['agree']}/{r['items']} ({v['agree_pct']:.1f} %) | {v['lm_eval']:.2f} "
-                f"| {v['ours']:.2f} | {v['diff_points']:+.2f} | {r['strings_identical']}/{r['requests']} "
-                f"| {r['tokens_identical']}/{r['requests']} | {'-' if dll is None else f'{dll:.1e}'} "
-                f"| {'ok' if r['meets_target'] else 'MISSED'} |")
+            for m, v in r["metrics"].items():
+                lines.append(
+                    f"| {t} | {r['items']} | {m} | {v['agree']}/{r['items']} ({v['agree_pct']:.1f} %) "
+                    f"| {v['lm_eval']:.2f} | {v['ours']:.2f} | {v['diff_points']:+.2f} "
+                    f"| {r['strings_identical']}/{r['requests']} | {r['tokens_identical']}/{r['requests']} "
+                    f"| {'-' if dll is None else f'{dll:.1e}'} | {'ok' if r['meets_target'] else 'MISSED'} |")
     p = report["prefix_token"]
     lines += ["", f"lm-eval {report['lm_eval_version']}, model {report['model']}, fp32 CPU, zero-shot, "
-                  f"first {report['limit']} items per task (MMLU: round-robin over {len(MMLU_SUBJECTS)} subjects); "
+                  f"first {report['limit']} items per task (MMLU: round-robin over its subjects); "
                   f"empty-context prefix token: id {p['id']} ({p['token']!r}, {p['source']}); "
                   f"trustedit BOS policy: {'BOS prepended' if report['bos_policy'] else 'no BOS'}; "
-                  f"lm-eval adds BOS: {'yes' if report['lm_eval_adds_bos'] else 'no'}."]
+                  f"lm-eval adds BOS: {'yes' if report['lm_eval_adds_bos'] else 'no'}"
+                  + ("; token ids only (no model pass)." if report["tokens_only"] else ".")]
     if report["template_problems"]:
         lines += ["", "Template differences from lm-eval's YAMLs:"] + [f"- {x}" for x in report["template_problems"]]
     for t, r in report["tasks"].items():
@@ -356,8 +392,9 @@ def markdown(report: dict) -> str:
 
 
 def crosscheck(tasks=ALL_TASKS, limit: int = 30, model: str | None = None, batch_size: int = 8,
-               progress: bool = False) -> dict:
-    """Run both implementations on the first ``limit`` items of ``tasks``; the report dict."""
+               tokens_only: bool = False) -> dict:
+    """Run both implementations on the first ``limit`` items of ``tasks``; the report dict.
+    ``tokens_only``: compare request strings and token ids only, without model passes."""
     import lm_eval
     import transformers
 
@@ -369,21 +406,23 @@ def crosscheck(tasks=ALL_TASKS, limit: int = 30, model: str | None = None, batch
     bos = resolve_add_bos(lm.tokenizer, None)
     prefix_id, prefix_src = prefix_token(lm.tokenizer, bos)
     report = {"lm_eval_version": lm_eval.__version__, "transformers_version": transformers.__version__,
-              "model": lm.spec, "limit": limit, "batch_size": batch_size, "bos_policy": bos,
+              "model": lm.spec, "limit": limit, "batch_size": batch_size, "bos_policy": bos, "tokens_only": tokens_only,
               "prefix_token": {"id": prefix_id, "token": lm.tokenizer.convert_ids_to_tokens(prefix_id),
                                "source": prefix_src},
               "template_problems": check_templates(tasks), "tasks": {}}
-    ours = {t: run_ours(lm, t, items[t], batch_size) for t in tasks}
+    ours = {t: our_requests(lm, t, items[t]) for t in tasks}
     if "crows_pairs" in ours:
-        used = {s[-1] for s, _ in ours["crows_pairs"]["tokens"] if s}
-        if used != {prefix_id}:
+        used = {c[-1] for c, _ in ours["crows_pairs"]["tokens"] if c}
+        if used - {prefix_id}:
             report["template_problems"].append(f"trustedit's CrowS requests start with token(s) {sorted(used)}, "
                                                f"not the prefix token {prefix_id}")
+    if not tokens_only:
+        ours = {t: run_ours(lm, t, items[t], batch_size, ours[t]) for t in tasks}
     with tempfile.TemporaryDirectory(prefix="trustedit-lmeval-") as tmp:
         folder = Path(tmp) / "model"
         folder.mkdir()
         save_plain(lm.model, lm.tokenizer, folder)
-        hf, lm_tokens, model_args = make_lm_eval_model(folder, batch_size, prefix_id)
+        hf, lm_tokens, model_args = make_lm_eval_model(folder, batch_size, prefix_id, tokens_only)
         report["lm_eval_model_args"] = {**model_args, "pretrained": f"<plain copy of {lm.spec}>", "device": "cpu",
                                         "batch_size": batch_size}
         report["lm_eval_adds_bos"] = bool(hf.tok_encode("a")[:1] == [lm.tokenizer.bos_token_id])
@@ -394,7 +433,8 @@ def crosscheck(tasks=ALL_TASKS, limit: int = 30, model: str | None = None, batch
     for t in tasks:
         theirs = lm_eval_per_item(t, items[t], res)
         report["tasks"][t] = compare(t, items[t], ours[t], theirs, lm_tokens, lm.tokenizer)
-        report["tasks"][t]["lm_eval_results"] = theirs["aggregates"]
+        if not tokens_only:
+            report["tasks"][t]["lm_eval_results"] = theirs["aggregates"]
     report["meets_target"] = all(r["meets_target"] for r in report["tasks"].values()) and not report["template_problems"]
     return report
 
@@ -417,6 +457,8 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default=None, help="model spec as for trustedit (default: the embedded model)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--out", default=None, help="write the full report as JSON here")
+    ap.add_argument("--tokens-only", action="store_true",
+                    help="compare request strings and token ids only, without model passes (fast; any --limit)")
     ap.add_argument("--check", action="store_true", help="exit 1 when a task misses the agreement targets")
     args = ap.parse_args(argv)
     try:
@@ -444,7 +486,7 @@ def main(argv=None) -> int:
         import datasets
 
         datasets.disable_progress_bars()
-        report = crosscheck(tasks, args.limit, args.model, args.batch_size)
+        report = crosscheck(tasks, args.limit, args.model, args.batch_size, args.tokens_only)
     except TrusteditError as e:
         print(f"lm_eval_crosscheck: error: {e}", file=sys.stderr)
         return e.exit_code
