@@ -28,6 +28,8 @@ def test_wheel_layout(wheel):
         assert f"{pkg}/__init__.py" not in names  # never a top-level package
     assert "trustedit/privacy/sanitization.py" in names
     assert "trustedit/data/starter/sanitation_train.json" in names
+    for f in ("piqa.yaml", "mmlu_marketing.yaml", "_mmlu_template_yaml", "utils.py"):  # the lm-eval cross-check's tasks
+        assert f"trustedit/benchmarks/lm_eval_tasks/{f}" in names
 
 
 def test_wheel_in_fresh_venv_runs_help(wheel, tmp_path):
