@@ -28,8 +28,10 @@ reports it: PIQA, ARC-Easy, HellaSwag; CrowS-Pairs: ``pct_stereotype``), both ag
 difference in points, and diagnostics: requests whose (context, continuation) strings are
 identical, requests whose token ids are identical (lm-eval's are recorded from the requests its
 ``_loglikelihood_tokens`` receives; ours are :func:`~trustedit.metrics.retention.encode_pair`'s),
-the largest |log-likelihood difference| over requests with identical tokens (float noise), and,
-for every item where the two disagree, the reason found (different strings, different tokens
+the largest |log-likelihood difference| over requests with identical tokens (float noise), the
+closest call (the smallest gap between an item's two best scores, log-likelihoods or for
+``acc_norm`` log-likelihoods per character: an item can only flip on float noise when it is below
+that difference), and, for every item where the two disagree, the reason found (different strings, different tokens
 with the first differing position, a near tie, or acc_norm's length).
 
 The first token of a sentence with an empty context (CrowS-Pairs) is conditioned on one prefix
@@ -40,6 +42,16 @@ and the script checks that trustedit's CrowS requests really start with it.
 
 Targets: per-item agreement >= 99 % and aggregates within 0.1 point (``--check``: exit 1 when a
 task misses them). Prints a Markdown table; ``--out`` writes everything as JSON.
+``--tokens-only`` skips both model passes and compares request strings and token ids only
+(lm-eval's tokenisation still runs through its own ``loglikelihood``), cheap enough for whole
+datasets (``--limit 100000``).
+
+What is deliberately not lm-eval's default: the data (local copies; CrowS-Pairs is the original
+release, not lm-eval's revised one), HellaSwag's context (see above), the prefix token (made
+explicit, so both sides use the same one), ``bootstrap_iters=0`` (no standard errors), and the
+model is handed to ``simple_evaluate`` as the ``hf`` object built from the same arguments (so its
+requests can be recorded). trustedit also computes ``acc_norm`` for BoolQ, CommonsenseQA and MMLU,
+which lm-eval's tasks do not report; those are not compared.
 """
 
 from __future__ import annotations
@@ -286,6 +298,16 @@ def compare(task: str, items, ours: dict, theirs: dict, lm_tokens: dict, tokeniz
                       "ours": round(a_ours, 4), "diff_points": round(a_ours - a_lm, 4)}
     disagreements = []
     starts = [sum(ours["per_item"][:k]) for k in range(n)]
+    # the closest call: the smallest gap between an item's two best scores (lm-eval's log-likelihoods,
+    # divided by the choice's length for acc_norm); an item can only flip on float noise below max |d-ll|
+    for m, v in metrics.items():
+        margins = []
+        for a, k in zip(starts, ours["per_item"]):
+            lls = theirs["lls"][a:a + k]
+            if m == "acc_norm":
+                lls = [x / max(1, len(c) - len(LM_EVAL_DELIMITER)) for x, (_, c) in zip(lls, reqs_lm[a:a + k])]
+            margins.append(_margin(lls))
+        v["closest_call"] = min(margins) if margins else None
     for k, it in enumerate(items):
         bad = [m for m in metrics if ours["metrics"][m][k] != theirs["metrics"][m][k]]
         if bad:
@@ -354,6 +376,10 @@ def _diagnose(task, it, bad, ours, theirs, sl, same_str, same_tok, toks_lm, tok)
 # ---------------------------------------------------------------------------------------------
 
 
+def _fmt(x) -> str:
+    return "-" if x is None else f"{x:.1e}"
+
+
 def markdown(report: dict) -> str:
     """The report as a Markdown table, a footnote on the set-up, and one line per finding."""
     if report["tokens_only"]:
@@ -362,8 +388,8 @@ def markdown(report: dict) -> str:
                   for t, r in report["tasks"].items()]
     else:
         lines = ["| task | items | metric | per-item agreement | lm-eval | trustedit | diff (points) | strings identical "
-                 "| tokens identical | max abs d-ll (same tokens) | target |",
-                 "|---|---|---|---|---|---|---|---|---|---|---|"]
+                 "| tokens identical | max abs d-ll (same tokens) | closest call | target |",
+                 "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for t, r in report["tasks"].items():
             dll = r["max_abs_dll_same_tokens"]
             for m, v in r["metrics"].items():
@@ -371,7 +397,8 @@ def markdown(report: dict) -> str:
                     f"| {t} | {r['items']} | {m} | {v['agree']}/{r['items']} ({v['agree_pct']:.1f} %) "
                     f"| {v['lm_eval']:.2f} | {v['ours']:.2f} | {v['diff_points']:+.2f} "
                     f"| {r['strings_identical']}/{r['requests']} | {r['tokens_identical']}/{r['requests']} "
-                    f"| {'-' if dll is None else f'{dll:.1e}'} | {'ok' if r['meets_target'] else 'MISSED'} |")
+                    f"| {_fmt(dll)} | {_fmt(v['closest_call'])} "
+                    f"| {'ok' if r['meets_target'] else 'MISSED'} |")
     p = report["prefix_token"]
     lines += ["", f"lm-eval {report['lm_eval_version']}, model {report['model']}, fp32 CPU, zero-shot, "
                   f"first {report['limit']} items per task (MMLU: round-robin over its subjects); "
@@ -380,14 +407,17 @@ def markdown(report: dict) -> str:
                   f"lm-eval adds BOS: {'yes' if report['lm_eval_adds_bos'] else 'no'}"
                   + ("; token ids only (no model pass)." if report["tokens_only"] else ".")]
     if report["template_problems"]:
-        lines += ["", "Template differences from lm-eval's YAMLs:"] + [f"- {x}" for x in report["template_problems"]]
+        lines += ["", "Set-up problems (task templates, prefix token):"] + [f"- {x}" for x in report["template_problems"]]
+    findings = []
     for t, r in report["tasks"].items():
         for d in r["disagreements"]:
-            lines.append(f"- {t} item {d['item']}: {', '.join(d['metrics'])} differ: {d['cause']}")
+            findings.append(f"- {t} item {d['item']}: {', '.join(d['metrics'])} differ: {d['cause']}")
         for e in r["token_examples"]:
-            lines.append(f"- {t} tokens: {e['what']} at token {e['first_diff']}: trustedit {e['ours']} vs lm-eval "
-                         f"{e['lm_eval']} (context ends {e['context_tail'][-30:]!r}, continuation "
-                         f"{e['continuation'][:30]!r})")
+            findings.append(f"- {t} tokens: {e['what']} at token {e['first_diff']}: trustedit {e['ours']} vs lm-eval "
+                            f"{e['lm_eval']} (context ends {e['context_tail'][-30:]!r}, continuation "
+                            f"{e['continuation'][:30]!r})")
+    if findings:
+        lines += ["", "Disagreements (with their cause) and token differences (first 3 per task):"] + findings
     return "\n".join(lines)
 
 

@@ -64,7 +64,8 @@ def test_compare_counts_agreement_and_flags_a_disagreement():
     assert list(r["metrics"]) == ["acc"]  # acc_norm only where lm-eval reports it
     r = _report([1.0] * 5, [1.0, 1.0, 0.0, 1.0, 1.0])
     assert not r["meets_target"]
-    assert r["metrics"]["acc"] == {"agree": 4, "agree_pct": 80.0, "lm_eval": 80.0, "ours": 100.0, "diff_points": 20.0}
+    assert r["metrics"]["acc"] == {"agree": 4, "agree_pct": 80.0, "lm_eval": 80.0, "ours": 100.0, "diff_points": 20.0,
+                                   "closest_call": pytest.approx(1.0)}
     (d,) = r["disagreements"]
     assert d["item"] == "2" and d["metrics"] == ["acc"] and "unexplained" in d["cause"]
     lls = [-1.0, -2.0] * 2 + [-1.0, -1.0 - 1e-5] + [-1.0, -2.0] * 2
