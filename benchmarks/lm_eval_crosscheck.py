@@ -31,8 +31,9 @@ identical, requests whose token ids are identical (lm-eval's are recorded from t
 the largest |log-likelihood difference| over requests with identical tokens (float noise), the
 closest call (the smallest gap between an item's two best scores, log-likelihoods or for
 ``acc_norm`` log-likelihoods per character: an item can only flip on float noise when it is below
-that difference), and, for every item where the two disagree, the reason found (different strings, different tokens
-with the first differing position, a near tie, or acc_norm's length).
+that difference, per character for ``acc_norm``), and, for every item where the two disagree, the
+reason found (different strings, different tokens with the first differing position, a near tie,
+or acc_norm's length).
 
 The first token of a sentence with an empty context (CrowS-Pairs) is conditioned on one prefix
 token, the same id on both sides: ``trustedit.metrics.retention.prefix_token(tokenizer)`` when that
