@@ -519,7 +519,7 @@ def main(argv=None) -> int:
         datasets.disable_progress_bars()
         report = crosscheck(tasks, args.limit, args.model, args.batch_size, args.tokens_only)
     except TrusteditError as e:
-        print(f"lm_eval_crosscheck: error: {e}", file=sys.stderr)
+        print(f"trustedit: error: {e}", file=sys.stderr)
         return e.exit_code
     report["markdown"] = markdown(report)
     print(report["markdown"])
