@@ -30,6 +30,8 @@ def test_wheel_layout(wheel):
     assert "trustedit/data/starter/sanitation_train.json" in names
     for name in ("crows_pairs", "stereoset", "winobias", "rtp_toxicity", "sanitation"):
         assert f"trustedit/evaluate_modules/{name}/{name}.py" in names  # evaluate.load(trustedit.evaluate_module(name))
+    for f in ("piqa.yaml", "mmlu_marketing.yaml", "_mmlu_template_yaml", "utils.py"):  # the lm-eval cross-check's tasks
+        assert f"trustedit/benchmarks/lm_eval_tasks/{f}" in names
 
 
 def test_wheel_in_fresh_venv_runs_help(wheel, tmp_path):
