@@ -19,6 +19,25 @@ from dataclasses import dataclass
 IGNORE = -100
 
 
+def cache_kwarg(model) -> str:
+    """The keyword a model's forward (and ``generate``) takes its KV cache by: ``cache`` in
+    transformers >= 5 (where ``past_key_values`` is deprecated, to be removed in 5.40),
+    ``past_key_values`` before."""
+    import inspect
+
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):  # pragma: no cover
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def output_cache(out):
+    """The KV cache a forward pass or ``generate`` returned (``cache`` or ``past_key_values``)."""
+    c = getattr(out, "cache", None)
+    return c if c is not None else getattr(out, "past_key_values", None)
+
+
 class InputTooLong(ValueError):
     """A text that cannot fit the model's context whatever its tokenisation (see :func:`guard_length`)."""
 
@@ -196,7 +215,7 @@ class PrefixCache:
         device = next(model.parameters()).device
         with torch.inference_mode():
             out = model(input_ids=torch.tensor([self.prefix], device=device), use_cache=True)
-        self.cache = out.past_key_values
+        self.cache = output_cache(out)
 
     @classmethod
     def for_sequences(cls, model, seqs, keep_last: int = 1):
@@ -230,7 +249,7 @@ def _forward(model, input_ids, attention_mask, prefix: PrefixCache | None = None
         return model(input_ids=input_ids, attention_mask=attention_mask).logits
     b = input_ids.shape[0]
     mask = torch.cat([torch.ones((b, len(prefix)), dtype=attention_mask.dtype, device=attention_mask.device), attention_mask], 1)
-    return model(input_ids=input_ids, attention_mask=mask, past_key_values=prefix.expand(b), use_cache=True).logits
+    return model(input_ids=input_ids, attention_mask=mask, use_cache=True, **{cache_kwarg(model): prefix.expand(b)}).logits
 
 
 def token_nll(model, batch, prefix: PrefixCache | None = None):
@@ -392,7 +411,7 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int = 2
                 mask[j, :cut] = 1
                 input_ids[j, width - len(p) + cut :] = torch.tensor(p[cut:])
                 mask[j, width - len(p) + cut :] = 1
-            extra = {"past_key_values": prefix.expand(len(chunk))} if prefix else {}
+            extra = {cache_kwarg(model): prefix.expand(len(chunk))} if prefix else {}
             gen = model.generate(
                 **extra,
                 input_ids=input_ids.to(device),
@@ -409,7 +428,7 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int = 2
                 **({"return_dict_in_generate": True} if targets is not None else {}),
             )
             if targets is not None:
-                cache = getattr(gen, "cache", None) or getattr(gen, "past_key_values", None)
+                cache = output_cache(gen)
                 gen = gen.sequences
                 for j, p in zip(idx, _force_on_cache(model, cache, gen, mask.to(device), width,
                                                       [targets[i] for i in idx], pad)):
@@ -450,7 +469,7 @@ def _force_on_cache(model, cache, gen, mask, width: int, targets: list[list[int]
     full = torch.cat([mask, torch.zeros((b, past - width), dtype=mask.dtype, device=device), tmask], 1)
     start = mask.sum(1, keepdim=True)  # a row's first target position = its number of prompt tokens
     pos = start + torch.arange(longest - 1, device=device)[None, :]
-    logits = model(input_ids=ids, attention_mask=full, position_ids=pos, past_key_values=cache, use_cache=True).logits
+    logits = model(input_ids=ids, attention_mask=full, position_ids=pos, use_cache=True, **{cache_kwarg(model): cache}).logits
     arg = logits.argmax(-1)
     for j, t in enumerate(targets):
         out[j] += arg[j, : len(t) - 1].tolist()

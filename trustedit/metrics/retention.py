@@ -291,7 +291,9 @@ def loglikelihood_shared(model, tokenizer, requests: Sequence[tuple[str, str]], 
                 rest = None
                 longest = max(len(t) for _, _, t in rows)
                 if longest > 1:
-                    cache = out.past_key_values if hasattr(out, "past_key_values") else out.cache
+                    from trustedit.prompts import cache_kwarg, output_cache
+
+                    cache = output_cache(out)
                     sel = torch.tensor([r for r, _, _ in rows], device=dev)
                     cache.batch_select_indices(sel)
                     cont, cmask = pad_right([t[:-1] or [pad] for _, _, t in rows], pad)
@@ -302,7 +304,7 @@ def loglikelihood_shared(model, tokenizer, requests: Sequence[tuple[str, str]], 
                     pos = torch.tensor([lens[r] for r, _, _ in rows], device=dev)[:, None] + \
                         torch.arange(cont.shape[1], device=dev)[None, :]
                     rest = model(input_ids=cont, attention_mask=torch.cat([mask[sel], cmask], 1), position_ids=pos,
-                                 past_key_values=cache, use_cache=True).logits
+                                 use_cache=True, **{cache_kwarg(model): cache}).logits
                 for k, (r, i, t) in enumerate(rows):
                     sl = first[r][None, :] if len(t) == 1 else torch.cat(
                         [first[r][None, :], rest[k, : len(t) - 1].float().log_softmax(-1)], 0)
