@@ -87,13 +87,13 @@ def _add_suite_flags(p, names) -> None:
         if t == "bool":
             g.add_argument(flag, dest=f"suite__{name}", action="store_const", const=True, default=None, help=help)
         elif t == "list":
-            g.add_argument(flag, dest=f"suite__{name}", type=_parse_list, default=None, help=help)
+            g.add_argument(flag, dest=f"suite__{name}", metavar=name.upper(), type=_parse_list, default=None, help=help)
         elif t == "int":
-            g.add_argument(flag, dest=f"suite__{name}", type=int, default=None, help=help)
+            g.add_argument(flag, dest=f"suite__{name}", metavar=name.upper(), type=int, default=None, help=help)
         elif t == "float":
-            g.add_argument(flag, dest=f"suite__{name}", type=float, default=None, help=help)
+            g.add_argument(flag, dest=f"suite__{name}", metavar=name.upper(), type=float, default=None, help=help)
         else:
-            g.add_argument(flag, dest=f"suite__{name}", default=None, help=help)
+            g.add_argument(flag, dest=f"suite__{name}", metavar=name.upper(), default=None, help=help)
 
 
 def _add_common(p, out_default: str) -> None:
