@@ -251,7 +251,7 @@ def compare_runs(runs: list[tuple[str, dict]]) -> str:
                      f"data {fps}" + (f", config {cfg}" if cfg else "") + f", {r.get('timings_s', {}).get('total', 0):.0f} s"
                      + (" (results from before schema v1, upgraded)" if r.get("legacy") else ""))
     warn = []
-    for s in {s for s, _ in keys}:
+    for s in sorted({s for s, _ in keys}):
         fps = {(r.get("suites", {}).get(s, {}).get("dataset") or {}).get("fingerprint") for _, r in runs
                if s in r["metrics"]}
         if len(fps) > 1:
