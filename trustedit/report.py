@@ -255,11 +255,11 @@ def compare_runs(runs: list[tuple[str, dict]]) -> str:
         fps = {(r.get("suites", {}).get(s, {}).get("dataset") or {}).get("fingerprint") for _, r in runs
                if s in r["metrics"]}
         if len(fps) > 1:
-            warn.append(f"**Warning**: suite `{s}` used different data in these runs (fingerprints differ); its columns "
+            warn.append(f"- **Warning**: suite `{s}` used different data in these runs (fingerprints differ); its columns "
                         "are not comparable.")
     models = {r.get("model", {}).get("fingerprint") for _, r in runs}
     if len(models) > 1:
-        warn.append("Note: the runs used different base models.")
+        warn.append("- Note: the runs used different base models.")
     return "\n".join(rows + [""] + notes + ([""] + warn if warn else [])) + "\n"
 
 
