@@ -51,8 +51,8 @@ What is deliberately not lm-eval's default: the data (local copies; CrowS-Pairs 
 release, not lm-eval's revised one), HellaSwag's context (see above), the prefix token (made
 explicit, so both sides use the same one), ``bootstrap_iters=0`` (no standard errors), and the
 model is handed to ``simple_evaluate`` as the ``hf`` object built from the same arguments (so its
-requests can be recorded). trustedit also computes ``acc_norm`` for BoolQ, CommonsenseQA and MMLU,
-which lm-eval's tasks do not report; those are not compared.
+requests can be recorded). Like lm-eval, trustedit reports ``acc_norm`` only for PIQA, ARC and
+HellaSwag; every metric both sides report is compared.
 """
 
 from __future__ import annotations
@@ -202,7 +202,8 @@ def run_ours(lm, task: str, items, batch_size: int, ours: dict) -> dict:
     bos = R.resolve_add_bos(tok, None)
     raw = R.mc_pass(lm.model, tok, items, batch_size=batch_size, task=task, bos=bos)
     scores = R.mc_scores(items, raw, task, bos)
-    return {**ours, "metrics": {"acc": list(scores["acc"].values), "acc_norm": list(scores["acc_norm"].values)},
+    # acc_norm only where trustedit (like lm-eval) reports it: piqa, arc, hellaswag
+    return {**ours, "metrics": {m: list(scores[m].values) for m in ("acc", "acc_norm") if m in scores},
             "lls": list(raw["lls"])}
 
 
