@@ -81,10 +81,11 @@ def main(argv=None):
     r = run(p)
     from trustedit.models import load_model
 
-    tps = forward_throughput(load_model(p.opts.model, p.opts.device, p.opts.dtype))
+    lm = load_model(p.opts.model, p.opts.device, p.opts.dtype)
+    tps = forward_throughput(lm)
     t, mem = r["timings_s"], r["peak_memory_mb"].get("peak_rss_mb", {})
     san = r["suites"].get("sanitation", {}).get("dataset", {})
-    print(f"machine: {machine()}; forward throughput {tps:.0f} tokens/s (16 x 64 batch, fp32)")
+    print(f"machine: {machine()}; forward throughput {tps:.0f} tokens/s (16 x 64 batch, {lm.dtype} on {lm.device})")
     print(f"command: trustedit erase {' '.join(rest) or '(defaults)'} (method {r['method']['name']}, "
           f"{san.get('counts')}, known_only={bool(r['suites'].get('sanitation', {}).get('known_only'))})\n")
     print("| stage | seconds | peak RSS (MiB) |\n|---|---|---|")
