@@ -277,7 +277,9 @@ def run(p: Plan) -> dict:
     base, cache_info, known = {}, {}, {}
     with timer("pre_eval"):
         for n, s in p.suites.items():
+            t0 = time.perf_counter()
             base[n], cache_info[n] = measure(s, lm, items[n], o.batch_size, o.eval_cache)
+            timer.add(f"pre_eval/{n}", time.perf_counter() - t0)
             items[n], base[n], info = s.after_base(items[n], base[n])
             if info is not None:
                 known[n] = info
@@ -300,7 +302,11 @@ def run(p: Plan) -> dict:
         patch.apply(lm.model)
         try:
             with timer("post_eval"):
-                post = {n: measure(s, lm, items[n], o.batch_size, False)[0] for n, s in p.suites.items()}
+                post = {}
+                for n, s in p.suites.items():
+                    t0 = time.perf_counter()
+                    post[n] = measure(s, lm, items[n], o.batch_size, False)[0]
+                    timer.add(f"post_eval/{n}", time.perf_counter() - t0)
             if p.baselines:
                 for v, vp in getattr(patch, "variants", {}).items():
                     with timer(f"post_eval/{v}"):

@@ -57,6 +57,11 @@ class Stages:
             if cuda:
                 self.peak_cuda_mb[name] = round(cuda.max_memory_allocated() / 2**20, 1)
 
+    def add(self, name: str, seconds: float) -> None:
+        """Record a sub-stage's time (no memory reading: resetting the peak inside a stage would lose the
+        stage's own peak)."""
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + seconds, 3)
+
     def total(self) -> float:
         return round(time.perf_counter() - self.t0, 3)
 

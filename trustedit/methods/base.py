@@ -344,7 +344,7 @@ def sample_items(items, limit: int, seed: int) -> list:
     return [items[i] for i in keep]
 
 
-def retain_pairs(lm, pairs, how: str, max_new_tokens: int = 16, batch_size: int = 32):
+def retain_pairs(lm, pairs, how: str, max_new_tokens: int = 16, batch_size: int = 16):
     """Training pairs for the retain questions.
 
     ``gold``: the dataset's answers (the sanitization paper's recipe). ``self``: the base model's
