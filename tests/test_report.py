@@ -54,6 +54,15 @@ def test_summary_names_protocol_and_interval():
     assert "| 4 | [1] |" in s and "| 4 | [2] |" in s and "[1] p  " in s and "[2] q  " in s
 
 
+def test_summary_training_data_is_a_sentence_not_a_dict():
+    r = _results("ft-m", [1, 1, 0, 0])
+    r["training_data"] = {"name": "sanitation (train split)", "fingerprint": "sha256:3e9a2eda829fa29a1aacd404",
+                          "source": "$TRUSTEDIT_DATA_DIR/sanitation/knowedit", "forget": 80, "retain": 453, "bad": None}
+    line = next(x for x in summary(r).splitlines() if x.startswith("- training data:"))
+    assert line == ("- training data: sanitation (train split), forget 80, retain 453, fingerprint "
+                    "`sha256:3e9a2eda829fa29a1…`, from `$TRUSTEDIT_DATA_DIR/sanitation/knowedit`")
+
+
 def test_compare_cli(tmp_path):
     for name, ks in (("r1", [1, 0, 0, 0]), ("r2", [1, 1, 1, 0])):
         (tmp_path / name).mkdir()

@@ -96,6 +96,20 @@ def _model_line(m: dict) -> str:
             f"fingerprint `{str(m.get('fingerprint'))[:40]}…`")
 
 
+def _training_line(td) -> str:
+    """The training data as a person reads it: name, sizes and other facts, fingerprint, source."""
+    if not isinstance(td, dict):
+        return md_escape(str(td))
+    facts = [f"{k.replace('_', ' ')} {v}" for k, v in td.items()
+             if k not in ("name", "fingerprint", "source") and v is not None]
+    parts = [str(td.get("name", "training items")), *facts]
+    if td.get("fingerprint"):
+        parts.append(f"fingerprint `{str(td['fingerprint'])[:24]}…`")
+    if td.get("source"):
+        parts.append(f"from `{td['source']}`")
+    return md_escape(", ".join(parts[:1 + len(facts)])) + "".join(", " + x for x in parts[1 + len(facts):])
+
+
 def _time_line(r: dict) -> str:
     t = r.get("timings_s", {})
     parts = ", ".join(f"{k} {v:.0f} s" for k, v in t.items() if k != "total" and "/" not in k)
@@ -116,7 +130,7 @@ def summary(r: dict) -> str:
     if meth:
         lines.append(f"- method: {meth['summary']} — {meth['citation']}")
     if r.get("training_data"):
-        lines.append(f"- training data: {r['training_data']}")
+        lines.append(f"- training data: {_training_line(r['training_data'])}")
     for s, sec in r.get("suites", {}).items():
         lines.append(f"- suite `{s}`: {sec.get('summary', '')} ({sec.get('citation', '')}); data fingerprint "
                      f"`{str((sec.get('dataset') or {}).get('fingerprint'))[:24]}…`, base evaluation cache: "
