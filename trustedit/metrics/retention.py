@@ -328,9 +328,10 @@ def mc_protocol(task: str | None, add_bos: bool, n_items: int) -> str:
     fmt = f"lm-eval '{spec.lm_eval_task}' prompt format" if spec else "caller-supplied prompts"
     note = f"; note: {spec.notes}" if spec and spec.notes else ""
     return (f"lm-eval-style zero-shot log-likelihood MC ({fmt}), n-shot 0, {n_items} items; "
-            f"acc = argmax_i sum log p(choice_i | ctx); acc_norm = argmax_i sum log p(choice_i | ctx) / "
-            f"len(choice_i) in characters without the target delimiter (lm-eval acc_norm); "
-            f"context and choice tokenised separately, BOS {'prepended' if add_bos else 'not added'}{note}")
+            f"acc = argmax_i sum log p(choice_i | ctx)"
+            + ("; " if task in ACC_ONLY else "; acc_norm = argmax_i sum log p(choice_i | ctx) / "
+               "len(choice_i) in characters without the target delimiter (lm-eval acc_norm); ")
+            + f"context and choice tokenised separately, BOS {'prepended' if add_bos else 'not added'}{note}")
 
 
 def multiple_choice(model, tokenizer, items: Sequence[MCItem], batch_size: int = 16, task: str | None = None,

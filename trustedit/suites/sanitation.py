@@ -231,7 +231,8 @@ class SanitationSuite(Suite):
         lines = []
         if d.get("forgotten_answers"):
             lines.append(f"- sanitation data: {d.get('source')} ({d.get('layout')} layout), forgotten answers: "
-                         f"{', '.join(d['forgotten_answers'])}; counts {d.get('counts')}")
+                         f"{', '.join(d['forgotten_answers'])}; items: "
+                         + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in (d.get("counts") or {}).items()))
         if d.get("starter_set"):
             lines.append("- **starter set**: these numbers come from the small set shipped with trustedit, not from a "
                          "benchmark.")
