@@ -279,3 +279,24 @@ def test_zero_means_the_whole_set_and_limit_caps_the_defaults():
     everything = RET.load(RetentionOptions(retention=["piqa"], retention_limit=0),
                           LoadContext(explicit=frozenset({"retention_limit"})))
     assert len(everything.data["piqa"]) > 1000
+
+
+@needs_data
+def test_standard_retention_size_and_explicit_sizes_win():
+    """--retention-size standard loads the standard sizes (>= 20 WikiText-2 windows); an explicit
+    --retention-limit or --wikitext-docs still wins; an unknown size is a usage error."""
+    from trustedit.errors import UsageError
+    from trustedit.suites.base import LoadContext
+    from trustedit.suites.retention import SIZES, SUITE as RET, RetentionOptions
+
+    std = SIZES["standard"]
+    assert std["retention_limit"] > SIZES["default"]["retention_limit"]
+    got = RET.load(RetentionOptions(retention=["piqa", "wikitext"], retention_size="standard"), LoadContext())
+    assert len(got.data["piqa"]) == std["retention_limit"] and len(got.data["wikitext"]) == std["wikitext_docs"]
+    both = RET.load(RetentionOptions(retention=["piqa", "wikitext"], retention_size="standard", retention_limit=7),
+                    LoadContext(explicit=frozenset({"retention_limit"})))
+    assert len(both.data["piqa"]) == 7 and len(both.data["wikitext"]) == std["wikitext_docs"]
+    default = RET.load(RetentionOptions(retention=["piqa", "wikitext"]), LoadContext())
+    assert len(default.data["piqa"]) == 30 and len(default.data["wikitext"]) == 1
+    with pytest.raises(UsageError, match="--retention-size 'huge'"):
+        RetentionOptions(retention_size="huge")

@@ -14,6 +14,14 @@ from trustedit.suites.base import Items, Suite, SuiteOptions, digest, nonneg_int
 
 DEFAULT_TASKS = ["wikitext", "piqa", "arc_easy", "hellaswag", "boolq", "commonsenseqa", "mmlu"]
 
+# Sizes (items per multiple-choice task, WikiText-2 documents) of each named retention size.
+# "default": the main job's quick size; its summary states the resolution it reaches. "standard":
+# chosen so that the paired 95% interval of the pooled multiple-choice delta is at most +-1 point on
+# the edits of benchmarks/RESULTS.md §11 (measured there at 300 items per task and scaled by 1/sqrt(n)),
+# with at least 20 WikiText-2 windows (4 documents: 22 windows of 1,024 tokens).
+SIZES = {"default": {"retention_limit": 30, "wikitext_docs": 1},
+         "standard": {"retention_limit": 400, "wikitext_docs": 4}}
+
 
 def _tasks_check(v):
     from trustedit.data.retention import MC_TASKS
@@ -29,6 +37,11 @@ class RetentionOptions(SuiteOptions):
     retention_limit: int = opt(30, "Items per multiple-choice retention task (the first N; MMLU round-robin over "
                                "subjects; 0: all).", check=nonneg_int)
     wikitext_docs: int = opt(1, "WikiText-2 test documents for perplexity (0: all 62).", check=nonneg_int)
+    retention_size: str = opt("default", "Named sizes: 'default' (30 items per task, 1 WikiText-2 document: quick, "
+                              "resolves a few points) or 'standard' (400 items per task, 4 documents: resolves "
+                              "+-1 point; used by audits and benchmarks/RESULTS.md). --retention-limit and "
+                              "--wikitext-docs, when given, win.",
+                              check=lambda v: None if v in SIZES else f"expected one of {', '.join(SIZES)}")
 
 
 class RetentionSuite(Suite):
@@ -43,12 +56,13 @@ class RetentionSuite(Suite):
     def load(self, opts, ctx):
         from trustedit.data.retention import load_mc, load_wikitext
 
+        size = SIZES[opts.retention_size]
         tasks = {}
         for t in opts.retention:
             if t == "wikitext":
-                tasks[t] = load_wikitext(ctx.size(opts, "wikitext_docs", zero_is_all=True))
+                tasks[t] = load_wikitext(ctx.size(opts, "wikitext_docs", size["wikitext_docs"], zero_is_all=True))
             else:
-                tasks[t] = load_mc(t, ctx.size(opts, "retention_limit", zero_is_all=True))
+                tasks[t] = load_mc(t, ctx.size(opts, "retention_limit", size["retention_limit"], zero_is_all=True))
         rows = {t: (v if t == "wikitext" else [asdict(x) for x in v]) for t, v in tasks.items()}
         info = {"tasks": {t: len(v) for t, v in tasks.items()}}
         return Items(self.name, tasks, "sha256:" + digest(rows), info, opts)
