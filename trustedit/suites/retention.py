@@ -17,10 +17,10 @@ DEFAULT_TASKS = ["wikitext", "piqa", "arc_easy", "hellaswag", "boolq", "commonse
 # Sizes (items per multiple-choice task, WikiText-2 documents) of each named retention size.
 # "default": the main job's quick size; its summary states the resolution it reaches. "standard":
 # chosen so that the paired 95% interval of the pooled multiple-choice delta is at most +-1 point on
-# the edits of benchmarks/RESULTS.md §11 (measured there at 300 items per task and scaled by 1/sqrt(n)),
+# the edits of benchmarks/RESULTS.md §11 (measured there at this size: ±0.75, ±0.56 and ±0.92 points),
 # with at least 20 WikiText-2 windows (4 documents: 22 windows of 1,024 tokens).
 SIZES = {"default": {"retention_limit": 30, "wikitext_docs": 1},
-         "standard": {"retention_limit": 400, "wikitext_docs": 4}}
+         "standard": {"retention_limit": 300, "wikitext_docs": 4}}
 
 
 def _tasks_check(v):
@@ -38,7 +38,7 @@ class RetentionOptions(SuiteOptions):
                                "subjects; 0: all).", check=nonneg_int)
     wikitext_docs: int = opt(1, "WikiText-2 test documents for perplexity (0: all 62).", check=nonneg_int)
     retention_size: str = opt("default", "Named sizes: 'default' (30 items per task, 1 WikiText-2 document: quick, "
-                              "resolves a few points) or 'standard' (400 items per task, 4 documents: resolves "
+                              "resolves a few points) or 'standard' (300 items per task, 4 documents: resolves "
                               "+-1 point; used by audits and benchmarks/RESULTS.md). --retention-limit and "
                               "--wikitext-docs, when given, win.",
                               check=lambda v: None if v in SIZES else f"expected one of {', '.join(SIZES)}")
