@@ -46,6 +46,9 @@ def test_a_new_job_is_a_declaration(tmp_path, tiny):
     assert results["task"] == "forget-fast" and list(results["metrics"]) == ["sanitation"]
     assert sorted(os.listdir(tmp_path / "run")) == ["patch", "results.json", "samples.jsonl", "summary.md"]
     assert results["metrics"]["sanitation"]["edit_success"]["post"] is not None
+    t = results["timings_s"]  # each suite's share of the evaluation stages is recorded
+    assert {"pre_eval/sanitation", "post_eval/sanitation"} <= set(t)
+    assert t["pre_eval/sanitation"] <= t["pre_eval"] and t["post_eval/sanitation"] <= t["post_eval"]
 
 
 def _says_the_suite():

@@ -233,6 +233,27 @@ def test_generate_prefix_sharing_matches_plain(tiny_llama, qa):
     assert shared == plain
 
 
+def test_generation_batches_hold_more_rows_than_scoring_batches(tiny_llama, qa, monkeypatch):
+    """A generation batch holds GENERATION_ROWS_PER_BATCH_SIZE x batch_size prompts (its memory is a KV
+    cache, not full-vocabulary logits), and the answers do not depend on the batching."""
+    from trustedit import prompts as P
+
+    tok = tiny_llama.tokenizer
+    fmt = PromptFormat(system=SYSTEM)
+    questions = (qa[0] * 3)[:9]
+    ids = [fmt.prompt_ids(tok, q) for q in questions]
+    calls = []
+    real = tiny_llama.model.generate
+    monkeypatch.setattr(tiny_llama.model, "generate", lambda **kw: calls.append(len(kw["input_ids"])) or real(**kw))
+    wide = generate(tiny_llama.model, tok, ids, max_new_tokens=5, batch_size=2)
+    rows = P.GENERATION_ROWS_PER_BATCH_SIZE * 2
+    assert calls == [min(rows, 9 - k) for k in range(0, 9, rows)]
+    monkeypatch.setattr(P, "GENERATION_ROWS_PER_BATCH_SIZE", 1)
+    calls.clear()
+    narrow = generate(tiny_llama.model, tok, ids, max_new_tokens=5, batch_size=2)
+    assert calls == [2, 2, 2, 2, 1] and narrow == wide
+
+
 def test_generate_greedy_matches_manual_decoding(tiny_llama):
     tok, model = tiny_llama.tokenizer, tiny_llama.model
     prompt = PromptFormat().prompt_ids(tok, "What is the capital of France?")
