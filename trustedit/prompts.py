@@ -13,6 +13,7 @@ Rules this module enforces:
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -22,11 +23,16 @@ IGNORE = -100
 def cache_kwarg(model) -> str:
     """The keyword a model's forward (and ``generate``) takes its KV cache by: ``cache`` in
     transformers >= 5 (where ``past_key_values`` is deprecated, to be removed in 5.40),
-    ``past_key_values`` before."""
+    ``past_key_values`` before. Looked up once per model class (it is asked on every batch)."""
+    return _cache_kwarg(type(model))
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_kwarg(cls) -> str:
     import inspect
 
     try:
-        params = inspect.signature(model.forward).parameters
+        params = inspect.signature(cls.forward).parameters
     except (TypeError, ValueError):  # pragma: no cover
         return "past_key_values"
     return "cache" if "cache" in params else "past_key_values"

@@ -105,7 +105,7 @@ def prefix_token_label(tokenizer) -> str:
     return f"{tokenizer.convert_ids_to_tokens(tid)!r} (id {tid})"
 
 
-_prefix_token = prefix_token  # the name used before
+_prefix_token = prefix_token  # the name used before (kept for callers written against older code)
 
 
 def encode_pair(tokenizer, context: str, continuation: str, add_bos: bool) -> tuple[list[int], list[int]]:
@@ -121,7 +121,7 @@ def encode_pair(tokenizer, context: str, continuation: str, add_bos: bool) -> tu
     if add_bos:
         ctx = [tokenizer.bos_token_id] + ctx
     if not ctx:
-        ctx = [_prefix_token(tokenizer)]
+        ctx = [prefix_token(tokenizer)]
     return ctx, cont
 
 
@@ -253,6 +253,8 @@ def loglikelihood_shared(model, tokenizer, requests: Sequence[tuple[str, str]], 
     batched (right-padded, longest first); the continuations of a batch then run in one pass on
     the cache, rows repeated per continuation, their positions continuing each row's context.
     Requests that do not fit the window go through :func:`loglikelihood` (left-truncated there)."""
+    from trustedit.prompts import cache_kwarg, output_cache
+
     bos = resolve_add_bos(tokenizer, add_bos)
     max_len = max_length or model_max_length(model)
     dev = _device(model, device)
@@ -291,8 +293,6 @@ def loglikelihood_shared(model, tokenizer, requests: Sequence[tuple[str, str]], 
                 rest = None
                 longest = max(len(t) for _, _, t in rows)
                 if longest > 1:
-                    from trustedit.prompts import cache_kwarg, output_cache
-
                     cache = output_cache(out)
                     sel = torch.tensor([r for r, _, _ in rows], device=dev)
                     cache.batch_select_indices(sel)

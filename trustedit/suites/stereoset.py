@@ -62,9 +62,7 @@ class StereoSetSuite(Suite):
 
     def measure(self, lm, items, batch_size=16):
         from trustedit.metrics.bias import stereoset_pass
-        from trustedit.metrics.retention import resolve_add_bos
-
-        from trustedit.metrics.retention import prefix_token_label
+        from trustedit.metrics.retention import prefix_token_label, resolve_add_bos
 
         bos = resolve_add_bos(lm.tokenizer, None)
         return {"bos": bos, "prefix": prefix_token_label(lm.tokenizer),
