@@ -25,6 +25,10 @@ COMMON = [
                                                            "given, is not capped")),
     ("--batch-size", "batch_size", dict(type=int, default=16, help="evaluation batch size")),
     ("--overwrite", "overwrite", dict(action="store_true", help="replace an existing run directory")),
+    ("--device-map", "device_map", dict(default=None, help="auto: spread a model larger than one accelerator over all "
+                                                           "of them (accelerate); default: the whole model on --device")),
+    ("--show-pii", "show_pii", dict(action="store_true", help="write personal data (e-mail addresses, phone numbers, "
+                                                              "card numbers…) unmasked in samples and reports")),
     ("--no-eval-cache", "no_eval_cache", dict(action="store_true", help="always re-run the base model's passes (by "
                                                                          "default they are reused from an earlier run "
                                                                          "with identical inputs; ~/.cache/trustedit/evals)")),
@@ -162,10 +166,40 @@ def _parser() -> argparse.ArgumentParser:
     _add_common(ev, "runs/eval")
     _add_suite_flags(ev, list(SUITES))
 
+    au = sub.add_parser("audit", help="measure a model with its patches composed, write results and a report",
+                        description="Run the audit suites (default: sanitation, bias, rtp, safeedit, retention at sizes "
+                                    "that keep it under 30 minutes on a 2-core CPU) on the base model and on the model "
+                                    "with every --patch applied in order; writes results.json, samples.jsonl (PII "
+                                    "masked), report.html and report.md.")
+    au.add_argument("--patch", action="append", default=[], metavar="[LABEL=]PATH",
+                    help="a saved patch folder (repeatable: applied in the order given)")
+    au.add_argument("--suites", default=None, type=_parse_list,
+                    help=f"suites or groups (default: {', '.join(('sanitation', 'bias', 'rtp', 'safeedit', 'retention'))})")
+    au.add_argument("--full", action="store_true", help="run every benchmark whole instead of the audit sizes")
+    au.add_argument("--interference", action="store_true", help="also measure each patch alone and every subset "
+                                                                "(at most 3 patches; else each alone), and print how each "
+                                                                "edit moves the others' headline metrics")
+    au.add_argument("--relapse", action="store_true", help="quantize (RTN 8/4 bits) and briefly fine-tune the base and "
+                                                           "each edited model, and report the share of each edit's "
+                                                           "effect that is lost")
+    au.add_argument("--relapse-bits", default="8,4", help="quantization widths for --relapse (default 8,4)")
+    au.add_argument("--relapse-steps", type=int, default=20, help="fine-tuning steps on WikiText-2 for --relapse "
+                                                                  "(default 20; 0: no fine-tuning test)")
+    au.add_argument("--rules", default=None, help="gate rules (YAML) whose pass/warn/fail lights head the report "
+                                                  "(default: the packaged rules)")
+    _add_common(au, "runs/audit")
+    _add_suite_flags(au, list(SUITES))
+
     _add_scorers_parser(sub)
     from trustedit.data.command import add_parser as add_data_parser  # torch-free
 
     add_data_parser(sub)
+    from trustedit.gate import add_parser as add_gate_parser  # torch-free
+
+    add_gate_parser(sub)
+    from trustedit.htmlreport import add_parser as add_report_parser  # torch-free
+
+    add_report_parser(sub)
 
     ls = sub.add_parser("ls", help="list methods, suites, jobs or datasets")
     ls.add_argument("what", choices=["methods", "suites", "jobs", "datasets"])
@@ -207,7 +241,7 @@ def job_options(args):
     return JobOptions(model=args.model, device=args.device, dtype=args.dtype, seed=args.seed, limit=args.limit,
                       batch_size=args.batch_size, out=args.out, overwrite=args.overwrite,
                       eval_cache=not args.no_eval_cache, config=getattr(args, "config", None),
-                      sets=list(getattr(args, "sets", []) or []))
+                      sets=list(getattr(args, "sets", []) or []), device_map=args.device_map, show_pii=args.show_pii)
 
 
 def _suite_values(args) -> dict:
@@ -318,6 +352,23 @@ def _cmd_job(args) -> int:
     results = run(p)
     print(summary(results))
     print(f"wrote {p.opts.out}/ in {results['timings_s']['total']:.0f} s")
+    return 0
+
+
+def _cmd_audit(args) -> int:
+    from trustedit import audit
+    from trustedit.report import summary
+
+    p, a = audit.plan_audit(args)
+    results = audit.run(p, a)
+    if results is None:  # a helper rank of a data-parallel launch
+        return 0
+    print(summary(results))
+    for table in (audit.interference_table(results), audit.relapse_table(results)):
+        if table:
+            print(table + "\n")
+    print(f"wrote {p.opts.out}/ (results.json, samples.jsonl, report.html, report.md) in "
+          f"{results['timings_s']['total']:.0f} s")
     return 0
 
 
@@ -433,6 +484,18 @@ def _cmd_data(args) -> int:
     return run(args)
 
 
+def _cmd_gate(args) -> int:
+    from trustedit.gate import run
+
+    return run(args)
+
+
+def _cmd_report(args) -> int:
+    from trustedit.htmlreport import run
+
+    return run(args)
+
+
 def main(argv=None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -445,8 +508,10 @@ def main(argv=None) -> int:
     try:
         if args.command in JOBS or args.command == "eval":
             return _cmd_job(args)
+        if args.command == "audit":
+            return _cmd_audit(args)
         return {"ls": _cmd_ls, "patch": _cmd_patch, "compare": _cmd_compare, "scorers": _cmd_scorers,
-                "data": _cmd_data}[args.command](args)
+                "data": _cmd_data, "gate": _cmd_gate, "report": _cmd_report}[args.command](args)
     except TrusteditError as e:
         print(f"trustedit: error: {e}", file=sys.stderr)
         return e.exit_code

@@ -104,17 +104,25 @@ _CODE_FP = None
 def cached(parts: dict, compute, encode, decode):
     """``compute()``'s value, from the cache when an entry for ``parts`` (plus the trustedit,
     torch and transformers versions) exists; otherwise computed and stored. A damaged entry is
-    recomputed. Returns ``(value, {"state": "hit" | "miss (stored)", "key": ...})``."""
+    recomputed. Returns ``(value, {"state": "hit" | "miss (stored)", "key": ...})``.
+
+    Under a data-parallel launch every rank must take the same branch (the computation is split
+    over the ranks): the entry is used only when every rank finds it, and rank 0 stores it."""
+    from trustedit import distributed
     from trustedit.provenance import versions
 
     v = versions()
     key = make_key({**parts, **{k: v.get(k) for k in ("trustedit", "torch", "transformers")}, "code": code_fingerprint()})
     hit = load(key)
+    value = None
     if hit is not None:
         try:
-            return decode(hit), {"state": "hit", "key": key}
+            value = decode(hit)
         except (KeyError, TypeError):
-            pass
+            value = None
+    if distributed.all_true(value is not None):
+        return value, {"state": "hit", "key": key}
     value = compute()
-    save(key, encode(value))
+    if distributed.is_main():
+        save(key, encode(value))
     return value, {"state": "miss (stored)", "key": key}

@@ -46,6 +46,8 @@ class JobOptions:
     eval_cache: bool = True
     config: str | None = None  # method options (JSON or YAML)
     sets: list = field(default_factory=list)  # method options, key=value
+    device_map: str | None = None  # e.g. "auto": a model larger than one accelerator, spread over several
+    show_pii: bool = False  # write personal data in samples.jsonl unmasked (masked by default)
 
     def __post_init__(self):
         for name in ("limit",):
@@ -56,6 +58,8 @@ class JobOptions:
             raise UsageError(f"--batch-size {self.batch_size!r}: expected an integer >= 1")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise UsageError(f"--seed {self.seed!r}: expected an integer >= 0")
+        if self.device_map not in (None, "auto", "balanced", "balanced_low_0", "sequential"):
+            raise UsageError(f"--device-map {self.device_map!r}: expected auto, balanced, balanced_low_0 or sequential")
 
 
 @dataclass
@@ -192,15 +196,19 @@ class Job:
 
 def measure(suite, lm, items, batch_size: int, cache: bool):
     """The suite's passes as JSON-ready values, through the evaluation cache when ``cache``."""
-    from trustedit import evalcache
+    from trustedit import distributed, evalcache
     from trustedit.suites.base import jsonable
 
-    compute = lambda: jsonable(suite.measure(lm, items, batch_size))  # noqa: E731
+    def compute():
+        with distributed.sharding():  # under a data-parallel launch, each rank runs a share of the batches
+            return jsonable(suite.measure(lm, items, batch_size))
+
     if not cache or not suite.cached:
         return compute(), {"state": "off"}
-    parts = {"suite": suite.name, "model": lm.fingerprint, "device": str(lm.device), "dtype": str(lm.dtype),
-             "key": suite.cache_key(lm, items, batch_size)}
-    return evalcache.cached(parts, compute, encode=lambda v: v, decode=lambda o: o)
+    parts = {"suite": suite.name, "model": lm.fingerprint, "device": str(lm.device).split(":")[0],
+             "dtype": str(lm.dtype), "key": suite.cache_key(lm, items, batch_size)}
+    with distributed.sharding():
+        return evalcache.cached(parts, compute, encode=lambda v: v, decode=lambda o: o)
 
 
 def check_lengths(plan: Plan, lm, items: dict) -> None:
@@ -247,9 +255,14 @@ def run(p: Plan) -> dict:
     from trustedit.profiling import Stages
     from trustedit.suites.base import Context, LoadContext
 
+    from trustedit import distributed
+
     o = p.opts
     out = o.out or (p.spec.out if p.spec is not None else "runs/eval")
     rundir.check_target(out, o.overwrite)  # fail before any expensive work
+    if distributed.world()[1] > 1 and (p.method is not None or p.sweep is not None):
+        raise UsageError("data-parallel launches (torchrun, accelerate launch) run evaluations: `trustedit eval` and "
+                         "`trustedit audit`; fit the edit in one process")
     resolve(o.model)
     patch_in = None
     if p.patch_in is not None:
@@ -264,8 +277,9 @@ def run(p: Plan) -> dict:
     with timer("setup"):
         for n, s in p.suites.items():
             s.setup(items[n], ctx)
+    distributed.init(o.device)
     with timer("load_model"):
-        lm = load_model(o.model, o.device, o.dtype)
+        lm = load_model(o.model, distributed.device_for(o.device), o.dtype, device_map=o.device_map)
     ctx.lm = lm
     check_lengths(p, lm, items)
     if patch_in is not None:
@@ -322,6 +336,9 @@ def run(p: Plan) -> dict:
             patch.revert(lm.model)  # scoring runs against the base model
     elif p.method is not None:
         post, patch, edits = _per_instance(p, lm, items, timer)
+    if not distributed.is_main():  # the other ranks helped with the passes; rank 0 scores and writes
+        distributed.finish()
+        return None
 
     with timer("score"):
         pre_scores = {n: s.score(base[n], None, items[n], ctx) for n, s in p.suites.items()}
@@ -341,8 +358,7 @@ def run(p: Plan) -> dict:
         if n in known:
             sec["known_only"] = known[n]
         results["suites"][n] = sec
-    results["evaluation"] = {"batch_size": o.batch_size, "limit": o.limit, "eval_cache": o.eval_cache,
-                             "device": lm.device, "dtype": lm.dtype}
+    results["evaluation"] = evaluation_record(o, lm)
     results["seeds"] = {"seed": seed, "sampling_seed": seed, "bootstrap_seed": seed,
                         "bootstrap_resamples": BOOTSTRAP_RESAMPLES}
     results["metrics"] = metrics
@@ -365,7 +381,7 @@ def run(p: Plan) -> dict:
 
     results.update(timing_fields(timer))
 
-    samples = _samples(p, items, base, post, pre_scores, post_scores, variants, var_scores, edits)
+    samples = masked(_samples(p, items, base, post, pre_scores, post_scores, variants, var_scores, edits), o.show_pii)
     if patch is not None:
         from trustedit.provenance import patch_manifest
 
@@ -386,7 +402,25 @@ def run(p: Plan) -> dict:
             plot_sweep(results, p.spec.sweep_plot, tmp / "sweep.svg")
     if patch is not None:
         patch.apply(lm.model)  # the job leaves the chosen edit applied
+    distributed.finish()
     return results
+
+
+def masked(rows, show_pii: bool = False):
+    """Sample rows with personal data masked (:mod:`trustedit.pii`), unless ``show_pii``."""
+    if show_pii:
+        return rows
+    from trustedit.pii import mask
+
+    return mask(rows)
+
+
+def evaluation_record(o: JobOptions, lm) -> dict:
+    from trustedit import distributed
+
+    return {"batch_size": o.batch_size, "limit": o.limit, "eval_cache": o.eval_cache, "device": lm.device,
+            "dtype": lm.dtype, "device_map": o.device_map, "data_parallel_ranks": distributed.world()[1],
+            "pii_masked": not o.show_pii}
 
 
 def _header(p: Plan, lm) -> dict:

@@ -416,12 +416,15 @@ def pick_dtype(dtype: str | None, device: str):
 
 
 def load_model(spec: str | None = None, device: str | None = "cpu", dtype: str | None = "auto",
-               allow_pickle: bool = False) -> LoadedModel:
+               allow_pickle: bool = False, device_map: str | None = None) -> LoadedModel:
     """Load a causal LM and its tokenizer, ready for editing (eval mode, known architecture).
 
     Weights are read from safetensors only: a folder (or Hub repository) that has only pickle
     weights (``*.bin``, ``*.pt``, ``*.pth``, ``*.ckpt``) is refused unless ``allow_pickle`` or
-    ``$TRUSTEDIT_ALLOW_PICKLE=1``, since unpickling can run arbitrary code."""
+    ``$TRUSTEDIT_ALLOW_PICKLE=1``, since unpickling can run arbitrary code.
+
+    ``device_map`` (e.g. ``"auto"``, through accelerate) places the layers of a model larger than
+    one accelerator across all of them (and the CPU); ``device`` then only decides the dtype."""
     kind, location, display = resolve(spec)
     safetensors_only = not pickle_allowed(allow_pickle)
     if kind == "folder":
@@ -448,6 +451,8 @@ def load_model(spec: str | None = None, device: str | None = "cpu", dtype: str |
         load_from = location
         fingerprint = "hub:" + location
     extra = {"use_safetensors": True} if safetensors_only or kind == "gguf" else {}
+    if device_map:
+        extra["device_map"] = device_map
     try:
         tok = AutoTokenizer.from_pretrained(load_from)
         model = AutoModelForCausalLM.from_pretrained(load_from, dtype=torch_dtype, **extra)
@@ -464,7 +469,11 @@ def load_model(spec: str | None = None, device: str | None = "cpu", dtype: str |
         rev = getattr(model.config, "_commit_hash", None)
         if rev:
             fingerprint += "@" + rev
-    model.to(device)
+    if device_map:
+        device = str(next(model.parameters()).device)
+        info["device_map"] = {k: str(v) for k, v in (getattr(model, "hf_device_map", None) or {}).items()}
+    else:
+        model.to(device)
     model.eval()
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token

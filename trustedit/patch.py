@@ -22,6 +22,7 @@ import json
 import math
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,8 +102,10 @@ class Patch:
         missing = [n for n in self.deltas if n not in params]
         if missing:
             raise TrusteditError(f"patch names parameters the model lacks: {missing[:3]}")
+        stack = _applied_on(model)
         with torch.no_grad():
             try:
+                stack.append(self)
                 for name, delta in self.deltas.items():
                     p = params[name]
                     d = delta.full(p)
@@ -113,6 +116,8 @@ class Patch:
             except BaseException:  # all or nothing
                 if self._backup:
                     self.revert(model)
+                elif self in stack:
+                    stack.remove(self)
                 raise
         return self
 
@@ -122,11 +127,19 @@ class Patch:
 
         if not self.applied:
             raise TrusteditError("patch is not applied")
+        stack = _applied_on(model)
+        later = stack[stack.index(self) + 1:] if self in stack else []
+        blocking = [p for p in later if set(p._backup) & set(self._backup)]
+        if blocking:
+            raise TrusteditError(f"revert the {blocking[-1].method} patch first: patches that touch the same weights "
+                                 "revert in the reverse order of applying")
         params = dict(model.named_parameters())
         with torch.no_grad():
             for name, saved in self._backup.items():
                 params[name].copy_(saved)
         self._backup = {}
+        if self in stack:
+            stack.remove(self)
 
     # ---- persistence -----------------------------------------------------------------------
     def save(self, folder: str | os.PathLike) -> Path:
@@ -271,6 +284,57 @@ class Patch:
                 p.copy_(back)
                 out[name] = _tensor_sha256(p.detach())
         return out
+
+
+def _applied_on(model) -> list:
+    """The patches applied to ``model``, in the order they were applied (kept on the model, so
+    that a patch under another one that touches the same weights cannot be reverted first)."""
+    stack = model.__dict__.get("_trustedit_patches")
+    if stack is None:
+        stack = []
+        object.__setattr__(model, "_trustedit_patches", stack)
+    return stack
+
+
+class PatchStack:
+    """Several patches composed: applied in the given order (each delta added to the weights the
+    previous patches left, so patches that touch the same weights sum), reverted in reverse order,
+    which restores the base weights bit for bit (each patch restores the weights it found).
+
+    ``with stack.applied(model): ...`` applies and always reverts. A failure while applying
+    reverts what was applied, so the model is never left half-patched."""
+
+    def __init__(self, patches):
+        self.patches = list(patches)
+        self._applied: list = []
+
+    @property
+    def method(self) -> str:
+        return "+".join(p.method for p in self.patches)
+
+    def apply(self, model, check_fingerprint: str | None = None) -> "PatchStack":
+        if self._applied:
+            raise TrusteditError("patch stack is already applied")
+        try:
+            for p in self.patches:
+                p.apply(model, check_fingerprint)
+                self._applied.append(p)
+        except BaseException:
+            self.revert(model)
+            raise
+        return self
+
+    def revert(self, model) -> None:
+        while self._applied:
+            self._applied.pop().revert(model)
+
+    @contextmanager
+    def applied(self, model, check_fingerprint: str | None = None):
+        self.apply(model, check_fingerprint)
+        try:
+            yield self
+        finally:
+            self.revert(model)
 
 
 def _delta_from(mpath: Path, name: str, entry, tensors: dict) -> Delta:

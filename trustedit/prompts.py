@@ -17,6 +17,8 @@ import functools
 import re
 from dataclasses import dataclass
 
+from trustedit.distributed import merge, mine
+
 IGNORE = -100
 
 
@@ -305,13 +307,14 @@ def predicted_target_tokens(model, pairs: list[Pair], pad_id: int, batch_size: i
     prefix = PrefixCache.for_sequences(model, [p.prompt for p in pairs]) if share_prefix else None
     cut = len(prefix) if prefix else 0
     with torch.inference_mode():
-        for idx, chunk in tqdm(list(batches(pairs, batch_size, key=lambda p: len(p.input_ids))), desc=desc, leave=False):
+        for idx, chunk in tqdm(mine(list(batches(pairs, batch_size, key=lambda p: len(p.input_ids)))), desc=desc,
+                               leave=False):
             batch = collate([Pair(p.prompt[cut:], p.target) for p in chunk], pad_id)
             _, _, pred, labels = token_nll(model, batch, prefix)
             for j, i in enumerate(idx):
                 keep = labels[j] != IGNORE
                 out[i] = pred[j][keep.to(pred.device)].tolist()
-    return out
+    return merge(out)
 
 
 SENTENCE_END = "<sentence-end>"  # a stop "string" that means: the end of the first sentence
@@ -421,7 +424,7 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int = 2
     cut = len(prefix) if prefix else 0
     with torch.inference_mode():
         rows = GENERATION_ROWS_PER_BATCH_SIZE * batch_size
-        for idx, chunk in tqdm(list(batches(prompts, rows, key=len)), desc=desc, leave=False):
+        for idx, chunk in tqdm(mine(list(batches(prompts, rows, key=len))), desc=desc, leave=False):
             width = max(len(p) for p in chunk)
             input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
             mask = torch.zeros((len(chunk), width), dtype=torch.long)
@@ -460,8 +463,9 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int = 2
                     new.pop()
                 ids_out[i] = new
                 texts[i] = cut_at_stop(tokenizer.decode(new, skip_special_tokens=True), stop_strings).strip()
+    texts, ids_out = merge(texts), merge(ids_out)
     if targets is not None:
-        return texts, ids_out, preds
+        return texts, ids_out, merge(preds)
     return texts, ids_out
 
 
@@ -512,7 +516,7 @@ def sample_continuations(model, tokenizer, prompts: list[list[int]], k: int, max
     texts, ids_out = [None] * len(prompts), [None] * len(prompts)
     starts = list(range(0, len(prompts), prompts_per_batch))
     with torch.inference_mode():
-        for s in tqdm(starts, desc=desc, leave=False):
+        for s in tqdm(mine(starts), desc=desc, leave=False):
             chunk = prompts[s: s + prompts_per_batch]
             width = max(len(p) for p in chunk)
             input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
@@ -537,4 +541,4 @@ def sample_continuations(model, tokenizer, prompts: list[list[int]], k: int, max
                     rows_i.append(new)
                     rows_t.append(tokenizer.decode(new, skip_special_tokens=True))
                 texts[s + j], ids_out[s + j] = rows_t, rows_i
-    return texts, ids_out
+    return merge(texts), merge(ids_out)

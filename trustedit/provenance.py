@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import platform
 import sys
 import time
@@ -18,7 +19,32 @@ def versions() -> dict:
             from trustedit import __version__
 
             out[dist] = __version__ if dist == "trustedit" else None
+    out["trustedit_git"] = git_revision()
     return out
+
+
+@functools.lru_cache(maxsize=1)
+def git_revision() -> str | None:
+    """The git commit of the trustedit source in use (``<sha>``, or ``<sha>+dirty`` with
+    uncommitted changes to tracked files), or None when it does not run from a git checkout (an
+    installed wheel) or git is absent. Read once per process."""
+    import subprocess
+    from pathlib import Path
+
+    from trustedit.evalcache import git_revision as head
+
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return None
+    sha = head(root)
+    if not sha:
+        return None
+    try:
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        dirty = ""
+    return sha + ("+dirty" if dirty else "")
 
 
 def stamp() -> dict:

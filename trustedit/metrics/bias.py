@@ -87,6 +87,7 @@ def _run(model, tokenizer, seqs: Sequence[list[int]], positions: Sequence[list[i
     log-softmax rows at input positions ``positions[k]``; results in request order."""
     import torch
 
+    from trustedit.distributed import merge, mine
     from trustedit.metrics.retention import _device, _forward, _pad_id, _progress, model_max_length
     from trustedit.prompts import pad_right
 
@@ -104,7 +105,7 @@ def _run(model, tokenizer, seqs: Sequence[list[int]], positions: Sequence[list[i
     bar = _progress(len(seqs), desc)
     try:
         with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
+            for start in mine(range(0, len(order), batch_size)):
                 ks = order[start : start + batch_size]
                 ids, mask = pad_right([seqs[k] for k in ks], pad)
                 needed = sorted({p for k in ks for p in positions[k]})
@@ -116,7 +117,7 @@ def _run(model, tokenizer, seqs: Sequence[list[int]], positions: Sequence[list[i
     finally:
         bar.close()
         model.train(was_training)
-    return out
+    return merge(out)
 
 
 def next_token_logprobs(model, tokenizer, contexts: Sequence[list[int]], targets: Sequence[list[int]],

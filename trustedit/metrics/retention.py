@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from trustedit.data.retention import MC_TASKS, MCItem, load_mc, load_wikitext
+from trustedit.distributed import merge, mine
 from trustedit.errors import TrusteditError
 from trustedit.metrics.scores import Score
 from trustedit.prompts import pad_right
@@ -217,7 +218,7 @@ def loglikelihood(model, tokenizer, requests: Sequence[tuple[str, str]], batch_s
     bar = _progress(len(requests), desc)
     try:
         with torch.inference_mode():
-            for start in range(0, len(jobs), batch_size):
+            for start in mine(range(0, len(jobs), batch_size)):
                 chunk = jobs[start : start + batch_size]
                 ids, mask = pad_right([inp for inp, _ in chunk], pad)
                 # only the continuation positions need vocabulary logits (the union over the batch)
@@ -242,7 +243,7 @@ def loglikelihood(model, tokenizer, requests: Sequence[tuple[str, str]], batch_s
     finally:
         bar.close()
         model.train(was_training)
-    return results
+    return merge(results)
 
 
 def loglikelihood_shared(model, tokenizer, requests: Sequence[tuple[str, str]], batch_size: int = 16, device=None,
@@ -278,7 +279,7 @@ def loglikelihood_shared(model, tokenizer, requests: Sequence[tuple[str, str]], 
     bar = _progress(len(requests) - len(long), desc)
     try:
         with torch.inference_mode():
-            for start in range(0, len(jobs), batch_size):
+            for start in mine(range(0, len(jobs), batch_size)):
                 chunk = jobs[start: start + batch_size]
                 ids, mask = pad_right([list(c) for c, _ in chunk], pad)
                 ids, mask = ids.to(dev), mask.to(dev)
@@ -315,7 +316,7 @@ def loglikelihood_shared(model, tokenizer, requests: Sequence[tuple[str, str]], 
     finally:
         bar.close()
         model.train(was_training)
-    return results
+    return merge(results)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -451,14 +452,14 @@ def perplexity_pass(model, tokenizer, documents: Sequence[str], max_length: int 
         n_pred.append(max(0, len(ids) - 1))
         for b, e, n_new in _windows(len(ids), L, S):
             jobs.append((d, ids[b : e + 1], n_new))
-    nll = [0.0] * len(jobs)  # per window: windows are the bootstrap items
+    nll: list = [None] * len(jobs)  # per window: windows are the bootstrap items
     order = sorted(range(len(jobs)), key=lambda k: -len(jobs[k][1]))
     was_training = model.training
     model.eval()
     bar = _progress(len(jobs), "perplexity")
     try:
         with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
+            for start in mine(range(0, len(order), batch_size)):
                 chunk = [jobs[k] for k in order[start : start + batch_size]]
                 ids, mask = pad_right([w[:-1] for _, w, _ in chunk], pad)
                 logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits
@@ -467,11 +468,12 @@ def perplexity_pass(model, tokenizer, documents: Sequence[str], max_length: int 
                     sl = logits[r, n_in - n_new : n_in].float().log_softmax(-1)
                     tgt = torch.tensor(w[n_in - n_new + 1 :], dtype=torch.long, device=sl.device)
                     assert sl.shape[0] == tgt.shape[0] == n_new, "logit slice does not line up with the targets"
-                    nll[k] -= float(sl.gather(-1, tgt[:, None]).sum())
+                    nll[k] = -float(sl.gather(-1, tgt[:, None]).sum())
                 bar.update(len(chunk))
     finally:
         bar.close()
         model.train(was_training)
+    nll = merge(nll)
     return {"nll": nll, "weights": [float(j[2]) for j in jobs], "tokens": int(sum(n_pred)), "windows": len(jobs),
             "documents": len(documents), "max_length": L, "stride": S, "bos": bos}
 

@@ -192,3 +192,70 @@ def entry(pre: Score, post: Score | None = None, n_boot: int = 1000, seed: int =
     if pre.extra or post.extra:
         out["extra"] = {"pre": pre.extra, "post": post.extra}
     return out
+
+
+# ---- an edit's effect, and how much of it a later change undoes (audits) -------------------------
+
+
+def _goodness(a: np.ndarray, score: Score) -> np.ndarray:
+    """Aggregated values turned so that larger is better: the value itself, its negative (lower is
+    better), or minus its distance to the ideal."""
+    if score.ideal is not None:
+        return -np.abs(a - score.ideal)
+    return a if score.higher_is_better else -a
+
+
+def _rows(score: Score, idx):
+    v = np.asarray(score.values, float)
+    w = None if score.weights is None else np.asarray(score.weights, float)
+    return _aggregate_rows(v, w, idx, score.aggregation)
+
+
+def _check_paired(*scores: Score) -> None:
+    n = {s.n for s in scores}
+    if len(n) != 1:
+        raise ValueError(f"{scores[0].name}: the scores cover different items ({sorted(n)}); effects need the same items")
+
+
+def effect(pre: Score, post: Score, n_boot: int = 1000, seed: int = 0) -> dict:
+    """How far an edit moved a metric in its good direction (positive: the edit did what it is
+    for): ``post - pre`` for a higher-is-better metric, ``pre - post`` for a lower-is-better one,
+    ``|pre - ideal| - |post - ideal|`` for one with an ideal; paired bootstrap 95 % interval."""
+    _check_paired(pre, post)
+    value = float(_goodness(np.array([post.value]), post)[0] - _goodness(np.array([pre.value]), post)[0])
+    idx = _boot_indices(pre.n, n_boot, seed)
+    if idx is None:
+        return {"value": _clean(value), "ci95": [None, None]}
+    e = _goodness(_rows(post, idx), post) - _goodness(_rows(pre, idx), post)
+    lo, hi = _percentile(e)
+    return {"value": _clean(value), "ci95": [_clean(lo), _clean(hi)]}
+
+
+def relapse(pre: Score, post: Score, pre_c: Score, post_c: Score, n_boot: int = 1000, seed: int = 0) -> dict:
+    """The share of an edit's effect that a change applied alike to the base and the edited model
+    (quantization, fine-tuning) takes away: ``1 - effect(pre_c, post_c) / effect(pre, post)``.
+    0 = the edit survives whole, 1 = it is gone, < 0 = the change strengthened it. The 95 %
+    interval resamples the same items for all four models (paired); resamples where the edit's
+    own effect is not positive are left out of it (their share is undefined), and ``resolved`` says
+    whether the edit's effect interval excludes 0 (without that, the share means little)."""
+    _check_paired(pre, post, pre_c, post_c)
+
+    def eff(a0, a1):
+        return _goodness(a1, post) - _goodness(a0, post)
+
+    e0 = eff(np.array([pre.value]), np.array([post.value]))[0]
+    e1 = eff(np.array([pre_c.value]), np.array([post_c.value]))[0]
+    value = 1.0 - e1 / e0 if e0 > 0 else float("nan")
+    out = {"value": _clean(value), "ci95": [None, None], "resolved": False}
+    idx = _boot_indices(pre.n, n_boot, seed)
+    if idx is None:
+        return out
+    E0 = eff(_rows(pre, idx), _rows(post, idx))
+    E1 = eff(_rows(pre_c, idx), _rows(post_c, idx))
+    ok = E0 > 0
+    lo0, _ = _percentile(E0)
+    out["resolved"] = bool(lo0 > 0)
+    if ok.sum() >= 0.5 * len(E0):
+        lo, hi = _percentile(1.0 - E1[ok] / E0[ok])
+        out["ci95"] = [_clean(lo), _clean(hi)]
+    return out

@@ -155,6 +155,7 @@ class Suite:
     ``load``, ``measure`` and ``score``."""
 
     name: str = ""
+    area: str = ""  # the report area: forgetting, bias, toxicity or capability (trustedit.gate)
     Options: type = SuiteOptions
     summary: str = ""
     citation: str = ""

@@ -23,6 +23,7 @@ class CrowsPairsOptions(SuiteOptions):
 
 class CrowsPairsSuite(Suite):
     name = "crows-pairs"
+    area = "bias"
     Options = CrowsPairsOptions
     summary = "CrowS-Pairs: share of pairs where the stereotypical sentence is more likely"
     citation = "Nangia et al. 2020 (CrowS-Pairs)"

@@ -29,6 +29,7 @@ def strip(scores: dict, prefix: str) -> dict:
 
 class DamaGenderSuite(Suite):
     name = "dama-gender"
+    area = "bias"
     Options = DamaGenderOptions
     summary = "DAMA gender bias: p(he) - p(she) regressed on stereotypical and factual profession scores"
     citation = "Limisiewicz, Mareček & Musil 2024 (DAMA, ICLR 2024)"

@@ -26,6 +26,7 @@ class ExtSubGreedyOptions(SuiteOptions):
 
 class ExtSubGreedySuite(Suite):
     name = "extsub-greedy"
+    area = "toxicity"
     Options = ExtSubGreedyOptions
     summary = "Ext-Sub's protocol: greedy answers to toxic instructions, mean toxicity and share > 0.8 (adapted)"
     citation = "Hu et al. 2024 (Ext-Sub, AAAI 2024)"

@@ -23,6 +23,7 @@ class FluencyOptions(SuiteOptions):
 
 class FluencySuite(Suite):
     name = "fluency"
+    area = "capability"
     Options = FluencyOptions
     summary = "n-gram entropy of greedy continuations (KnowEdit / ROME fluency)"
     citation = "Meng et al. 2022 (ROME); Zhang et al. 2024 (KnowEdit)"

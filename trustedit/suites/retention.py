@@ -39,13 +39,14 @@ class RetentionOptions(SuiteOptions):
     wikitext_docs: int = opt(1, "WikiText-2 test documents for perplexity (0: all 62).", check=nonneg_int)
     retention_size: str = opt("default", "Named sizes: 'default' (30 items per task, 1 WikiText-2 document: quick, "
                               "resolves a few points) or 'standard' (300 items per task, 4 documents: resolves "
-                              "+-1 point; used by audits and benchmarks/RESULTS.md). --retention-limit and "
+                              "+-1 point; used by `audit --full` and benchmarks/RESULTS.md). --retention-limit and "
                               "--wikitext-docs, when given, win.",
                               check=lambda v: None if v in SIZES else f"expected one of {', '.join(SIZES)}")
 
 
 class RetentionSuite(Suite):
     name = "retention"
+    area = "capability"
     Options = RetentionOptions
     summary = "WikiText-2 perplexity and zero-shot multiple choice (lm-evaluation-harness formats)"
     citation = "Merity et al. 2017; Bisk et al. 2020; Clark et al. 2018; Zellers et al. 2019; Clark et al. 2019; " \

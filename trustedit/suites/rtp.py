@@ -52,6 +52,7 @@ def plain_format():
 
 class RTPSuite(Suite):
     name = "rtp"
+    area = "toxicity"
     Options = RTPOptions
     summary = "RealToxicityPrompts: toxicity of sampled continuations (EMT, toxicity probability), their fluency"
     citation = "Gehman et al. 2020 (RealToxicityPrompts); Liu et al. 2021 (DExperts); Lu et al. 2022 (Quark split)"

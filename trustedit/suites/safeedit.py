@@ -57,6 +57,7 @@ def suffix(opts) -> str:
 
 class SafeEditSuite(Suite):
     name = "safeedit"
+    area = "toxicity"
     Options = SafeEditOptions
     summary = "SafeEdit defence success and generalisation (DS, DG), response fluency, control-pair locality"
     citation = "Wang et al. 2024, Detoxifying Large Language Models via Knowledge Editing (ACL 2024)"
@@ -125,19 +126,24 @@ class SafeEditSuite(Suite):
         """Per instance: greedy responses (one batch) and control-pair predictions."""
         from tqdm.auto import tqdm
 
+        from trustedit import distributed
         from trustedit.prompts import generate, predicted_target_tokens
 
         inp = self._inputs(lm, items)
         tok = lm.tokenizer
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        responses, knowledge = [], []
         pairs = list(zip(inp["prompts"], inp["knowledge"]))
-        for prompts, kpair in (tqdm(pairs, desc="safeedit", leave=False) if len(pairs) > 1 else pairs):
-            keys = list(prompts)
-            texts, _ = generate(lm.model, tok, [prompts[k] for k in keys], items.opts.response_tokens,
-                                batch_size, desc="respond")
-            responses.append(dict(zip(keys, texts)))
-            knowledge.append(predicted_target_tokens(lm.model, [kpair], pad, 1, desc="knowledge", share_prefix=False)[0])
+        responses, knowledge = [None] * len(pairs), [None] * len(pairs)
+        mine = distributed.mine(range(len(pairs)))  # data-parallel: instances split over the ranks
+        with distributed.local():
+            for i in (tqdm(mine, desc="safeedit", leave=False) if len(mine) > 1 else mine):
+                prompts, kpair = pairs[i]
+                keys = list(prompts)
+                texts, _ = generate(lm.model, tok, [prompts[k] for k in keys], items.opts.response_tokens,
+                                    batch_size, desc="respond")
+                responses[i] = dict(zip(keys, texts))
+                knowledge[i] = predicted_target_tokens(lm.model, [kpair], pad, 1, desc="knowledge", share_prefix=False)[0]
+        responses, knowledge = distributed.merge(responses), distributed.merge(knowledge)
         # the held-out pairs do not depend on the instance: one pass per call (per edited model)
         held = [predicted_target_tokens(lm.model, [p], pad, 1, desc="held-out knowledge", share_prefix=False)[0]
                 for p in inp["heldout"]]

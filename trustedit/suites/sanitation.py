@@ -107,6 +107,7 @@ def train_pairs(lm, job):
 
 class SanitationSuite(Suite):
     name = "sanitation"
+    area = "forgetting"
     Options = SanitationOptions
     summary = "knowledge erasure: forget questions -> \"I don't know.\", retain questions keep their answers"
     citation = "Ishibashi & Shimodaira 2023 (arXiv:2309.11852); KnowEdit Sanitation (Zhang et al. 2024)"

@@ -34,6 +34,7 @@ class StereoSetOptions(SuiteOptions):
 
 class StereoSetSuite(Suite):
     name = "stereoset"
+    area = "bias"
     Options = StereoSetOptions
     summary = "StereoSet SS / LMS / ICAT from sentence log-probabilities"
     citation = "Nadeem et al. 2021 (StereoSet)"

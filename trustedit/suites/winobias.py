@@ -23,6 +23,7 @@ class WinoBiasOptions(SuiteOptions):
 
 class WinoBiasSuite(Suite):
     name = "winobias"
+    area = "bias"
     Options = WinoBiasOptions
     summary = "WinoBias coreference accuracy and stereotype / pronoun-gender gaps (DAMA and log-likelihood protocols)"
     citation = "Zhao et al. 2018 (WinoBias)"
