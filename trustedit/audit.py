@@ -113,14 +113,15 @@ def plan_audit(args):
 
 def headline_for(method: str, suites) -> str | None:
     """``suite/metric``: the metric an edit by ``method`` is for (the first headline metric of the
-    first suite of the method's job that the audit measures), or None."""
+    first suite of the method's job that the audit measures, capability suites such as retention
+    left out: they say what an edit must not break, not what it is for), or None."""
     from trustedit.jobs import JOBS
     from trustedit.registry import expand_suites, get_suite
 
     for spec in JOBS.values():
         if method in spec.methods:
             for s in expand_suites(spec.suites_for(method)):
-                if s in suites and get_suite(s).headline:
+                if s in suites and get_suite(s).headline and get_suite(s).area != "capability":
                     return f"{s}/{get_suite(s).headline[0]}"
     return None
 
@@ -154,7 +155,8 @@ def _labels(pairs, patches) -> list[str]:
 def run(p, a: AuditOptions) -> dict | None:
     """Run an audit; returns its results (None on the helper ranks of a data-parallel launch)."""
     from trustedit import distributed, rundir
-    from trustedit.job import BOOTSTRAP_RESAMPLES, _header, check_lengths, evaluation_record, masked, measure
+    from trustedit.job import (BOOTSTRAP_RESAMPLES, _header, base_passes, check_lengths, evaluation_record, masked,
+                               measure, suite_sections)
     from trustedit.models import load_model, resolve
     from trustedit.patch import Patch, PatchStack
     from trustedit.profiling import Stages
@@ -195,13 +197,7 @@ def run(p, a: AuditOptions) -> dict | None:
     check_lengths(p, lm, items)
     heads = {lab: headline_for(pt.method, p.suites) for lab, pt in zip(labels, patches)}
 
-    base, cache_info = {}, {}
-    with timer("pre_eval"):
-        for n, s in p.suites.items():
-            t0 = time.perf_counter()
-            base[n], cache_info[n] = measure(s, lm, items[n], o.batch_size, o.eval_cache)
-            timer.add(f"pre_eval/{n}", time.perf_counter() - t0)
-            items[n], base[n], _ = s.after_base(items[n], base[n])
+    base, cache_info, known = base_passes(p, lm, items, timer)
 
     configs = configurations(len(patches), a.interference, alone=a.relapse)
     raws = {}
@@ -221,7 +217,7 @@ def run(p, a: AuditOptions) -> dict | None:
         distributed.finish()
         return None
 
-    from trustedit.metrics.scores import effect, entry
+    from trustedit.metrics.scores import entry
 
     with timer("score"):
         pre_scores = {n: s.score(base[n], None, items[n], ctx) for n, s in p.suites.items()}
@@ -236,10 +232,7 @@ def run(p, a: AuditOptions) -> dict | None:
 
     results = _header(p, lm)
     results["protocol"] = "audit"
-    results["suites"] = {}
-    for n, s in p.suites.items():
-        results["suites"][n] = {"summary": s.summary, "citation": s.citation, "options": p.suite_opts[n].to_dict(),
-                                "dataset": items[n].describe(), "cache": cache_info[n], **s.run_info(items[n], ctx)}
+    results["suites"] = suite_sections(p, items, cache_info, known, ctx)
     results["evaluation"] = evaluation_record(o, lm)
     results["evaluation"]["audit"] = {"sizes": "full" if a.full else "audit defaults", "interference": a.interference,
                                       "relapse": a.relapse}
@@ -313,10 +306,9 @@ def _finetune_docs(p, items) -> list[str]:
     from trustedit.data.retention import load_wikitext
     from trustedit.relapse import FINETUNE_FIRST_DOC
 
-    ret = p.suite_opts.get("retention")
-    if ret is not None and "wikitext" in (items["retention"].describe().get("tasks") or ["wikitext"]):
-        used = items["retention"].describe().get("wikitext_docs") or getattr(ret, "wikitext_docs", 1)
-        if used in (0, None) or used > FINETUNE_FIRST_DOC:
+    if "retention" in items:
+        used = (items["retention"].describe().get("tasks") or {}).get("wikitext", 0)  # documents it scores
+        if used > FINETUNE_FIRST_DOC:
             raise UsageError(f"--relapse fine-tunes on WikiText-2 documents {FINETUNE_FIRST_DOC}+, which the retention "
                              f"suite's perplexity would read with --wikitext-docs {used}; use at most "
                              f"{FINETUNE_FIRST_DOC}, or --relapse-steps 0")

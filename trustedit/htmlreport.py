@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 from trustedit.errors import TrusteditError, UsageError
-from trustedit.report import _ci, _headline, _ordered, fmt, md_escape, unit_label
+from trustedit.report import _ci, _headline, _ordered, fmt, md_escape, run_name, unit_label
 
 AREAS = ("forgetting", "bias", "toxicity", "capability")
 STATUS_ORDER = {"fail": 3, "warn": 2, "pass": 1, "none": 0}
@@ -285,48 +285,11 @@ def _points_table(r: dict) -> dict | None:
 
 
 def _compare_table(runs) -> dict:
-    keys = []
-    for _, r, _ in runs:
-        for s, ms in r["metrics"].items():
-            for k in _ordered(ms, _headline(s)):
-                if (s, k) not in keys:
-                    keys.append((s, k))
-    rows = []
-    for s, k in keys:
-        cells, unit = [], ""
-        for _, r, _ in runs:
-            e = r["metrics"].get(s, {}).get(k)
-            if e is None:
-                cells.append("—")
-                continue
-            unit = unit_label(e)
-            d = e.get("distance_to_ideal")
-            if e.get("post") is not None and d:
-                cells.append(f"{fmt(e['pre']['value'], e)} → {fmt(e['post']['value'], e)} "
-                             f"(|·−{e['ideal']:g}| {fmt(d['delta'], e)})")
-            elif e.get("post") is not None:
-                cells.append(f"{fmt(e['pre']['value'], e)} → {fmt(e['post']['value'], e)} "
-                             f"({fmt((e.get('delta') or {}).get('value'), e)})")
-            else:
-                cells.append(fmt(e["pre"]["value"], e))
-        rows.append({"metric": f"{s}/{k}{unit}", "cells": cells})
-    warnings = []
-    for s in sorted({s for s, _ in keys}):
-        fps = {(r.get("suites", {}).get(s, {}).get("dataset") or {}).get("fingerprint") for _, r, _ in runs
-               if s in r["metrics"]}
-        if len(fps) > 1:
-            warnings.append(f"Suite {s} used different data in these runs (fingerprints differ); its cells are not "
-                            "comparable.")
-    if len({(r.get("model") or {}).get("fingerprint") for _, r, _ in runs}) > 1:
-        warnings.append("The runs used different base models.")
-    return {"columns": [f"{label}: {_run_name(r)}" for label, r, _ in runs], "rows": rows, "warnings": warnings}
+    from trustedit.report import comparison
 
-
-def _run_name(r: dict) -> str:
-    if r.get("task") == "audit" or r.get("patches"):
-        return "audit"
-    m = r.get("method")
-    return m["name"] if m else ("eval + patch" if r.get("patch_in") else "eval")
+    t = comparison([(label, r) for label, r, _ in runs])
+    t["warnings"] = [w[:1].upper() + w[1:].replace("`", "") for w in t["warnings"]]
+    return t
 
 
 # ---- what was audited, provenance ---------------------------------------------------------------
@@ -877,7 +840,7 @@ def _run_ctx(idx: int, label: str, r: dict, samples: list[dict], gate, rules, ex
     edited = any((e.get("post") is not None) for ms in (r.get("metrics") or {}).values() for e in ms.values())
     m = r.get("model") or {}
     return {
-        "label": label, "anchor": f"run-{idx + 1}-{_slug(label)}", "name": _run_name(r),
+        "label": label, "anchor": f"run-{idx + 1}-{_slug(label)}", "name": run_name(r),
         "task": str(r.get("task")), "protocol": str(r.get("protocol")),
         "model": str(m.get("spec")), "fingerprint": _short(m.get("fingerprint"), 24),
         "patches": _patches_applied(r), "created": str(r.get("created")),

@@ -211,6 +211,35 @@ def measure(suite, lm, items, batch_size: int, cache: bool):
         return evalcache.cached(parts, compute, encode=lambda v: v, decode=lambda o: o)
 
 
+def base_passes(p: Plan, lm, items: dict, timer):
+    """The base model's passes of every suite (through the evaluation cache), then each suite's
+    ``after_base`` (``--known-only``). Returns ``(base raws, cache info, known-only info)``; ``items``
+    is updated in place."""
+    o = p.opts
+    base, cache_info, known = {}, {}, {}
+    with timer("pre_eval"):
+        for n, s in p.suites.items():
+            t0 = time.perf_counter()
+            base[n], cache_info[n] = measure(s, lm, items[n], o.batch_size, o.eval_cache)
+            timer.add(f"pre_eval/{n}", time.perf_counter() - t0)
+            items[n], base[n], info = s.after_base(items[n], base[n])
+            if info is not None:
+                known[n] = info
+    return base, cache_info, known
+
+
+def suite_sections(p: Plan, items: dict, cache_info: dict, known: dict, ctx) -> dict:
+    """``results["suites"]``: what each suite measured, on which data, with which scorer."""
+    out = {}
+    for n, s in p.suites.items():
+        sec = {"summary": s.summary, "citation": s.citation, "options": p.suite_opts[n].to_dict(),
+               "dataset": items[n].describe(), "cache": cache_info[n], **s.run_info(items[n], ctx)}
+        if n in known:
+            sec["known_only"] = known[n]
+        out[n] = sec
+    return out
+
+
 def check_lengths(plan: Plan, lm, items: dict) -> None:
     """Refuse, before any model pass, an input longer than the model's context."""
     from trustedit.metrics.retention import model_max_length
@@ -288,15 +317,7 @@ def run(p: Plan) -> dict:
             raise TrusteditError(f"--patch {p.patch_in}: made for base model {base_fp}, this model is {lm.fingerprint}")
     job = Job(p, items, lctx)
 
-    base, cache_info, known = {}, {}, {}
-    with timer("pre_eval"):
-        for n, s in p.suites.items():
-            t0 = time.perf_counter()
-            base[n], cache_info[n] = measure(s, lm, items[n], o.batch_size, o.eval_cache)
-            timer.add(f"pre_eval/{n}", time.perf_counter() - t0)
-            items[n], base[n], info = s.after_base(items[n], base[n])
-            if info is not None:
-                known[n] = info
+    base, cache_info, known = base_passes(p, lm, items, timer)
 
     post, variants, patch, train, edits, points = None, {}, None, None, None, None
     if p.sweep is not None:
@@ -351,13 +372,7 @@ def run(p: Plan) -> dict:
     metrics = {n: {k: entry(sc, post_scores[n][k] if post_scores else None, BOOTSTRAP_RESAMPLES, seed)
                    for k, sc in pre_scores[n].items()} for n in p.suites}
     results = _header(p, lm)
-    results["suites"] = {}
-    for n, s in p.suites.items():
-        sec = {"summary": s.summary, "citation": s.citation, "options": p.suite_opts[n].to_dict(),
-               "dataset": items[n].describe(), "cache": cache_info[n], **s.run_info(items[n], ctx)}
-        if n in known:
-            sec["known_only"] = known[n]
-        results["suites"][n] = sec
+    results["suites"] = suite_sections(p, items, cache_info, known, ctx)
     results["evaluation"] = evaluation_record(o, lm)
     results["seeds"] = {"seed": seed, "sampling_seed": seed, "bootstrap_seed": seed,
                         "bootstrap_resamples": BOOTSTRAP_RESAMPLES}

@@ -228,17 +228,19 @@ def _points_table(r: dict) -> list[str]:
     return out + [""]
 
 
-def compare_runs(runs: list[tuple[str, dict]]) -> str:
-    """Side-by-side table of several runs (any jobs, and eval runs): one row per suite/metric, one
-    column per run with ``before → after (delta)``, or the value of an evaluation."""
+def comparison(runs: list[tuple[str, dict]]) -> dict:
+    """What a side-by-side table of several runs holds (``trustedit compare`` and the HTML report):
+    ``columns`` (one per run), ``rows`` (``{"metric": "suite/metric (unit)", "cells"}``: one per
+    suite/metric, each cell ``before → after (delta)``, the change of the distance to the ideal for
+    an ideal-valued metric, or the value of an evaluation) and ``warnings`` (data or base models
+    that differ between the runs)."""
     keys = []
     for _, r in runs:
         for s, ms in r["metrics"].items():
             for k in _ordered(ms, _headline(s)):
                 if (s, k) not in keys:
                     keys.append((s, k))
-    head = "| suite/metric | " + " | ".join(f"{label}: {_run_name(r)}" for label, r in runs) + " |"
-    rows = [head, "|---|" + "---|" * len(runs)]
+    rows = []
     for s, k in keys:
         cells, unit = [], ""
         for _, r in runs:
@@ -252,10 +254,29 @@ def compare_runs(runs: list[tuple[str, dict]]) -> str:
                 cells.append(f"{fmt(e['pre']['value'], e)} → {fmt(e['post']['value'], e)} "
                              f"(|·−{e['ideal']:g}| {fmt(d['delta'], e)})")
             elif e.get("post") is not None:
-                cells.append(f"{fmt(e['pre']['value'], e)} → {fmt(e['post']['value'], e)} ({fmt(e['delta']['value'], e)})")
+                cells.append(f"{fmt(e['pre']['value'], e)} → {fmt(e['post']['value'], e)} "
+                             f"({fmt((e.get('delta') or {}).get('value'), e)})")
             else:
                 cells.append(fmt(e["pre"]["value"], e))
-        rows.append(f"| {s}/{k}{unit} | " + " | ".join(cells) + " |")
+        rows.append({"metric": f"{s}/{k}{unit}", "cells": cells})
+    warnings = []
+    for s in sorted({s for s, _ in keys}):
+        fps = {(r.get("suites", {}).get(s, {}).get("dataset") or {}).get("fingerprint") for _, r in runs
+               if s in r["metrics"]}
+        if len(fps) > 1:
+            warnings.append(f"suite `{s}` used different data in these runs (fingerprints differ); its columns are not "
+                            "comparable.")
+    if len({(r.get("model") or {}).get("fingerprint") for _, r in runs}) > 1:
+        warnings.append("the runs used different base models.")
+    return {"columns": [f"{label}: {run_name(r)}" for label, r in runs], "rows": rows, "warnings": warnings}
+
+
+def compare_runs(runs: list[tuple[str, dict]]) -> str:
+    """Side-by-side table of several runs (any jobs, and eval runs): one row per suite/metric, one
+    column per run with ``before → after (delta)``, or the value of an evaluation."""
+    t = comparison(runs)
+    rows = ["| suite/metric | " + " | ".join(t["columns"]) + " |", "|---|" + "---|" * len(runs)]
+    rows += [f"| {r['metric']} | " + " | ".join(r["cells"]) + " |" for r in t["rows"]]
     notes = []
     for label, r in runs:
         m = r.get("model", {})
@@ -264,20 +285,14 @@ def compare_runs(runs: list[tuple[str, dict]]) -> str:
         notes.append(f"- {label}: {r.get('task')} ({r.get('protocol')}), model {str(m.get('fingerprint'))[:24]}…, "
                      f"data {fps}" + (f", config {cfg}" if cfg else "") + f", {r.get('timings_s', {}).get('total', 0):.0f} s"
                      + (" (results from before schema v1, upgraded)" if r.get("legacy") else ""))
-    warn = []
-    for s in sorted({s for s, _ in keys}):
-        fps = {(r.get("suites", {}).get(s, {}).get("dataset") or {}).get("fingerprint") for _, r in runs
-               if s in r["metrics"]}
-        if len(fps) > 1:
-            warn.append(f"- **Warning**: suite `{s}` used different data in these runs (fingerprints differ); its columns "
-                        "are not comparable.")
-    models = {r.get("model", {}).get("fingerprint") for _, r in runs}
-    if len(models) > 1:
-        warn.append("- Note: the runs used different base models.")
+    warn = [f"- **Warning**: {w}" for w in t["warnings"]]
     return "\n".join(rows + [""] + notes + ([""] + warn if warn else [])) + "\n"
 
 
-def _run_name(r: dict) -> str:
+def run_name(r: dict) -> str:
+    """A run's column name: its method, ``audit``, ``eval + patch`` or ``eval``."""
+    if r.get("task") == "audit" or r.get("patches"):
+        return "audit"
     m = r.get("method")
     return m["name"] if m else ("eval + patch" if r.get("patch_in") else "eval")
 
