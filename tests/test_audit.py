@@ -338,3 +338,11 @@ def test_two_process_evaluation_equals_one_process(tmp_path):
     sa = (tmp_path / "one" / "samples.jsonl").read_text()
     sb = (tmp_path / "two" / "samples.jsonl").read_text()
     assert sa == sb  # the generated answers are the same text
+
+    # --device-map auto (accelerate's placement; on a CPU-only machine everything lands on the CPU)
+    dm = _cli(["eval", *suites, "--device-map", "auto", "--out", "mapped"], tmp_path)
+    assert dm.returncode == 0, dm.stderr[-2000:]
+    c = json.loads((tmp_path / "mapped" / "results.json").read_text())
+    assert c["evaluation"]["device_map"] == "auto" and c["model"]["device"] == "cpu"
+    assert {s: {k: e["pre"] for k, e in ms.items()} for s, ms in c["metrics"].items()} == \
+        {s: {k: e["pre"] for k, e in ms.items()} for s, ms in a["metrics"].items()}

@@ -331,7 +331,15 @@ def _relapse_passes(p, lm, items, patches, labels, heads, a: AuditOptions, ft_do
     def passes(names):
         return {n: measure(p.suites[n], lm, items[n], o.batch_size, False)[0] for n in names}
 
-    out = {"options": ropts.to_dict(), "conditions": {}}
+    from trustedit.data.retention import load_wikitext
+    from trustedit.metrics.retention import perplexity_pass, perplexity_score
+
+    probe = load_wikitext()[:1]  # how much a change degrades the base model itself: WikiText-2 document 0
+
+    def ppl() -> float:
+        return perplexity_score(perplexity_pass(lm.model, lm.tokenizer, probe, batch_size=max(1, o.batch_size // 4))).value
+
+    out = {"options": ropts.to_dict(), "conditions": {}, "base_wikitext_ppl": ppl()}
     conds = [f"int{b}" for b in ropts.bits] + (["finetune"] if ropts.steps else [])
     batches = finetune_batches(lm.tokenizer, ft_docs, ropts) if ropts.steps else None
     for cond in tqdm(conds, desc="relapse", leave=False):
@@ -345,6 +353,7 @@ def _relapse_passes(p, lm, items, patches, labels, heads, a: AuditOptions, ft_do
         change = changed()
         with PatchStack([change]).applied(lm.model):
             rec["base"] = passes(suites)
+            rec["base_wikitext_ppl"] = ppl()
         if cond == "finetune":
             rec["training"] = {"base_losses": change.manifest["finetune"]["losses"]}
         del change
@@ -382,7 +391,9 @@ def _relapse_scores(rr, labels, heads, pre_scores, post_scores, items, p, ctx, s
             qb = base_scored[cond][s][m]
             qe = p.suites[s].score(rec["edited"][lab][s], rec["base"][s], items[s], ctx)[m]
             c = {"base": qb.value, "edited": qe.value, "effect": effect(qb, qe, BOOTSTRAP_RESAMPLES, seed),
-                 "relapse": relapse(pre, post, qb, qe, BOOTSTRAP_RESAMPLES, seed)}
+                 "relapse": relapse(pre, post, qb, qe, BOOTSTRAP_RESAMPLES, seed),
+                 "base_wikitext_ppl": {"unchanged": round(rr["base_wikitext_ppl"], 4),
+                                       "changed": round(rec["base_wikitext_ppl"], 4)}}
             if cond == "finetune":
                 c["steps"] = rr["options"]["steps"]
                 c["losses"] = {"base": rec["training"]["base_losses"], "edited": rec["edited_losses"][lab]}
@@ -441,4 +452,10 @@ def relapse_table(results: dict) -> str:
         cells = [f"{iv(r['conditions'][c]['effect'])} / {iv(r['conditions'][c]['relapse'], True)}" for c in conds]
         lines.append(f"| {r['patch']} | {r['headline']} | {iv(r['effect'])} | " + " | ".join(cells) + " |")
     lines += ["", "Relapse = 1 − effect after the change / effect before: 0% = the edit survives, 100% = it is undone."]
+    ppl = {c: rows[0]["conditions"][c].get("base_wikitext_ppl") for c in conds}
+    if all(ppl.values()):
+        lines.append("What each change does to the base model itself (WikiText-2 document 0 perplexity, unchanged "
+                     f"{next(iter(ppl.values()))['unchanged']:.2f}): "
+                     + ", ".join(f"{c} {v['changed']:.2f}" for c, v in ppl.items())
+                     + "; a relapse under a change that degrades the model this much is not a selective recovery.")
     return "\n".join(lines)

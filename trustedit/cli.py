@@ -350,6 +350,8 @@ def _cmd_job(args) -> int:
 
     p = job_plan(args) if args.command != "eval" else eval_plan(args)
     results = run(p)
+    if results is None:  # a helper rank of a data-parallel launch: rank 0 reports
+        return 0
     print(summary(results))
     print(f"wrote {p.opts.out}/ in {results['timings_s']['total']:.0f} s")
     return 0

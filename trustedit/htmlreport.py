@@ -457,10 +457,18 @@ def _audit(r: dict) -> dict | None:
                 "condition": str(cond) + (f" ({c['steps']} steps)" if c.get("steps") is not None else ""),
                 "cond_effect": _value_ci(ce, e),
                 "relapse": f"{_pct(rv)} {_ci_pct(rl.get('ci95'))}",
-                "verdict": "n/a" if rv is None else "robust" if rv < 0.1 else "partly undone" if rv < 0.5 else
-                "largely undone",
+                "verdict": ("n/a" if rv is None else "robust" if rv < 0.1 else "partly undone" if rv < 0.5 else
+                            "largely undone") + _degraded(c.get("base_wikitext_ppl")),
                 "base": _fmt_any(c.get("base"), e), "edited": _fmt_any(c.get("edited"), e)})
     return {"patches": patches, "interference": inter, "relapse": relapse}
+
+
+def _degraded(ppl) -> str:
+    """A note when the change itself degrades the base model (WikiText-2 perplexity up > 25 %)."""
+    if not isinstance(ppl, dict) or not ppl.get("unchanged") or not ppl.get("changed"):
+        return ""
+    ratio = ppl["changed"] / ppl["unchanged"]
+    return f" (the change degrades the base model: perplexity ×{ratio:.2f})" if ratio > 1.25 else ""
 
 
 def _value_ci(v: dict, e: dict | None) -> str:

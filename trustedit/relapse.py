@@ -91,9 +91,16 @@ def finetune_batches(tokenizer, docs: list[str], opts: RelapseOptions):
     order, ``batch`` per step, cycling when the text runs out."""
     import torch
 
+    from transformers.utils import logging as hf_logging
+
     ids: list[int] = []
-    for d in docs:
-        ids += tokenizer(d, add_special_tokens=False)["input_ids"]
+    before = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # whole documents are longer than the context; they are cut into windows below
+    try:
+        for d in docs:
+            ids += tokenizer(d, add_special_tokens=False)["input_ids"]
+    finally:
+        hf_logging.set_verbosity(before)
     L = opts.seq_len
     windows = [ids[i: i + L] for i in range(0, len(ids) - L + 1, L)]
     if not windows:
