@@ -346,3 +346,27 @@ def test_two_process_evaluation_equals_one_process(tmp_path):
     assert c["evaluation"]["device_map"] == "auto" and c["model"]["device"] == "cpu"
     assert {s: {k: e["pre"] for k, e in ms.items()} for s, ms in c["metrics"].items()} == \
         {s: {k: e["pre"] for k, e in ms.items()} for s, ms in a["metrics"].items()}
+
+
+def test_patches_on_different_weights_revert_in_any_order(tiny_llama, weights):
+    """Only patches that share weights are bound to reverse order; patches are told apart by
+    identity (two patches with equal-looking tensors are still two patches)."""
+    model = tiny_llama.model
+    names = [n for n, p in model.named_parameters() if p.dim() == 2 and "proj" in n][:2]
+    before = weights.snapshot(model)
+    shape = {n: dict(model.named_parameters())[n].shape for n in names}
+    a = Patch("a", {names[0]: Delta("dense", {"delta": torch.full(shape[names[0]], 0.01)})})
+    c = Patch("c", {names[1]: Delta("dense", {"delta": torch.full(shape[names[1]], 0.01)})})
+    twin = Patch("a", {names[0]: Delta("dense", {"delta": torch.full(shape[names[0]], 0.01)})})
+    a.apply(model)
+    c.apply(model)
+    a.revert(model)  # c touches other weights: allowed
+    c.revert(model)
+    weights.assert_same(model, before)
+    a.apply(model)
+    twin.apply(model)  # same content, another patch on the same weights
+    with pytest.raises(TrusteditError, match="revert the a patch first"):
+        a.revert(model)
+    twin.revert(model)
+    a.revert(model)
+    weights.assert_same(model, before)

@@ -116,8 +116,8 @@ class Patch:
             except BaseException:  # all or nothing
                 if self._backup:
                     self.revert(model)
-                elif self in stack:
-                    stack.remove(self)
+                else:
+                    _forget(stack, self)
                 raise
         return self
 
@@ -128,7 +128,8 @@ class Patch:
         if not self.applied:
             raise TrusteditError("patch is not applied")
         stack = _applied_on(model)
-        later = stack[stack.index(self) + 1:] if self in stack else []
+        at = [i for i, p in enumerate(stack) if p is self]  # by identity: patches hold tensors, == would compare them
+        later = stack[at[0] + 1:] if at else []
         blocking = [p for p in later if set(p._backup) & set(self._backup)]
         if blocking:
             raise TrusteditError(f"revert the {blocking[-1].method} patch first: patches that touch the same weights "
@@ -138,8 +139,7 @@ class Patch:
             for name, saved in self._backup.items():
                 params[name].copy_(saved)
         self._backup = {}
-        if self in stack:
-            stack.remove(self)
+        _forget(stack, self)
 
     # ---- persistence -----------------------------------------------------------------------
     def save(self, folder: str | os.PathLike) -> Path:
@@ -294,6 +294,11 @@ def _applied_on(model) -> list:
         stack = []
         object.__setattr__(model, "_trustedit_patches", stack)
     return stack
+
+
+def _forget(stack: list, patch) -> None:
+    """Remove ``patch`` (by identity) from a model's list of applied patches."""
+    stack[:] = [p for p in stack if p is not patch]
 
 
 class PatchStack:
