@@ -456,6 +456,8 @@ def relapse_table(results: dict) -> str:
     if all(ppl.values()):
         lines.append("What each change does to the base model itself (WikiText-2 document 0 perplexity, unchanged "
                      f"{next(iter(ppl.values()))['unchanged']:.2f}): "
-                     + ", ".join(f"{c} {v['changed']:.2f}" for c, v in ppl.items())
-                     + "; a relapse under a change that degrades the model this much is not a selective recovery.")
+                     + ", ".join(f"{c} {v['changed']:.2f}" for c, v in ppl.items()) + "."
+                     + "".join(f" {c} degrades the base model itself (perplexity ×{v['changed'] / v['unchanged']:.2f}): "
+                               "a relapse under it is not a selective recovery of what was edited."
+                               for c, v in ppl.items() if v["changed"] > 1.25 * v["unchanged"]))
     return "\n".join(lines)
