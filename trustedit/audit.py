@@ -29,7 +29,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from trustedit.errors import TrusteditError, UsageError
+from trustedit.errors import UsageError
 
 AUDIT_SUITES = ("sanitation", "bias", "rtp", "safeedit", "retention")
 # Default sizes: one pass over every default suite takes ~2 minutes on a 2-core CPU (SmolLM2-135M,
@@ -155,12 +155,11 @@ def _labels(pairs, patches) -> list[str]:
 def run(p, a: AuditOptions) -> dict | None:
     """Run an audit; returns its results (None on the helper ranks of a data-parallel launch)."""
     from trustedit import distributed, rundir
-    from trustedit.job import (BOOTSTRAP_RESAMPLES, _header, base_passes, check_lengths, evaluation_record, masked,
-                               measure, suite_sections)
-    from trustedit.models import load_model, resolve
+    from trustedit.job import (BOOTSTRAP_RESAMPLES, _header, base_passes, check_patch_base, evaluation_record,
+                               masked, measure, prepare, suite_sections)
+    from trustedit.models import resolve
     from trustedit.patch import Patch, PatchStack
     from trustedit.profiling import Stages
-    from trustedit.suites.base import Context, LoadContext
 
     o = p.opts
     out = o.out or "runs/audit"
@@ -174,27 +173,10 @@ def run(p, a: AuditOptions) -> dict | None:
     patches = [Patch.load(path) for _, path in a.patches]
     labels = _labels(a.patches, patches)
     timer = Stages()
-    lctx = LoadContext(o.limit, o.seed, p.explicit)
-    ctx = Context(seed=o.seed, batch_size=o.batch_size, device=o.device)
-    with timer("load_data"):
-        items = {n: s.load(p.suite_opts[n], lctx) for n, s in p.suites.items()}
-        ft_docs = _finetune_docs(p, items) if a.relapse and a.relapse_steps else None
-    with timer("setup"):
-        for n, s in p.suites.items():
-            s.setup(items[n], ctx)
-    distributed.init(o.device)
-    with timer("load_model"):
-        lm = load_model(o.model, distributed.device_for(o.device), o.dtype, device_map=o.device_map)
-    ctx.lm = lm
+    items, lm, ctx, _ = prepare(p, timer)
+    ft_docs = _finetune_docs(p, items) if a.relapse and a.relapse_steps else None
     for (_, path), patch in zip(a.patches, patches):
-        base_fp = (patch.manifest.get("base_model") or {}).get("fingerprint")
-        if base_fp and base_fp != lm.fingerprint:
-            raise TrusteditError(f"--patch {path}: made for base model {base_fp}, this model is {lm.fingerprint}")
-        params = dict(lm.model.named_parameters())
-        missing = [k for k in patch.deltas if k not in params]
-        if missing:
-            raise TrusteditError(f"--patch {path}: names parameters this model lacks ({missing[0]}…)")
-    check_lengths(p, lm, items)
+        check_patch_base(path, patch, lm)
     heads = {lab: headline_for(pt.method, p.suites) for lab, pt in zip(labels, patches)}
 
     base, cache_info, known = base_passes(p, lm, items, timer)

@@ -211,6 +211,41 @@ def measure(suite, lm, items, batch_size: int, cache: bool):
         return evalcache.cached(parts, compute, encode=lambda v: v, decode=lambda o: o)
 
 
+def prepare(p: Plan, timer):
+    """Load every suite's items, set up their scorers, join a data-parallel launch, load the model
+    and check every input against its context. Returns ``(items, lm, ctx, load context)``."""
+    from trustedit import distributed
+    from trustedit.models import load_model
+    from trustedit.suites.base import Context, LoadContext
+
+    o = p.opts
+    lctx = LoadContext(o.limit, o.seed, p.explicit)
+    ctx = Context(seed=o.seed, batch_size=o.batch_size, device=o.device)
+    with timer("load_data"):
+        items = {n: s.load(p.suite_opts[n], lctx) for n, s in p.suites.items()}
+    with timer("setup"):
+        for n, s in p.suites.items():
+            s.setup(items[n], ctx)
+    distributed.init(o.device)
+    with timer("load_model"):
+        lm = load_model(o.model, distributed.device_for(o.device), o.dtype, device_map=o.device_map)
+    ctx.lm = lm
+    check_lengths(p, lm, items)
+    return items, lm, ctx, lctx
+
+
+def check_patch_base(path, patch, lm) -> None:
+    """A saved patch must be made for this model (its manifest's base fingerprint, when recorded)
+    and name only parameters the model has."""
+    base_fp = (patch.manifest.get("base_model") or {}).get("fingerprint")
+    if base_fp and base_fp != lm.fingerprint:
+        raise TrusteditError(f"--patch {path}: made for base model {base_fp}, this model is {lm.fingerprint}")
+    params = dict(lm.model.named_parameters())
+    missing = [k for k in patch.deltas if k not in params]
+    if missing:
+        raise TrusteditError(f"--patch {path}: names parameters this model lacks ({missing[0]}…)")
+
+
 def base_passes(p: Plan, lm, items: dict, timer):
     """The base model's passes of every suite (through the evaluation cache), then each suite's
     ``after_base`` (``--known-only``). Returns ``(base raws, cache info, known-only info)``; ``items``
@@ -279,12 +314,9 @@ def build_train(m, lm, job: Job):
 
 def run(p: Plan) -> dict:
     """Execute a :class:`Plan` and write its run directory. Returns the results (schema v1)."""
-    from trustedit import rundir
-    from trustedit.models import load_model, resolve
+    from trustedit import distributed, rundir
+    from trustedit.models import resolve
     from trustedit.profiling import Stages
-    from trustedit.suites.base import Context, LoadContext
-
-    from trustedit import distributed
 
     o = p.opts
     out = o.out or (p.spec.out if p.spec is not None else "runs/eval")
@@ -299,22 +331,9 @@ def run(p: Plan) -> dict:
 
         patch_in = Patch.load(p.patch_in)
     timer = Stages()
-    lctx = LoadContext(o.limit, o.seed, p.explicit)
-    ctx = Context(seed=o.seed, batch_size=o.batch_size, device=o.device)
-    with timer("load_data"):
-        items = {n: s.load(p.suite_opts[n], lctx) for n, s in p.suites.items()}
-    with timer("setup"):
-        for n, s in p.suites.items():
-            s.setup(items[n], ctx)
-    distributed.init(o.device)
-    with timer("load_model"):
-        lm = load_model(o.model, distributed.device_for(o.device), o.dtype, device_map=o.device_map)
-    ctx.lm = lm
-    check_lengths(p, lm, items)
+    items, lm, ctx, lctx = prepare(p, timer)
     if patch_in is not None:
-        base_fp = patch_in.manifest.get("base_model", {}).get("fingerprint")
-        if base_fp and base_fp != lm.fingerprint:
-            raise TrusteditError(f"--patch {p.patch_in}: made for base model {base_fp}, this model is {lm.fingerprint}")
+        check_patch_base(p.patch_in, patch_in, lm)
     job = Job(p, items, lctx)
 
     base, cache_info, known = base_passes(p, lm, items, timer)
