@@ -48,8 +48,11 @@ class JobSpec:
 JOBS: dict[str, JobSpec] = {
     "erase": JobSpec(
         "erase", "make the model answer \"I don't know.\" about a set of facts",
-        methods=("sanitation-lora", "ft-m"), suites=("sanitation", "fluency", "retention"), datasets=("sanitation",),
+        methods=("sanitation-scope", "sanitation-lora", "ft-m", "sanitation-scope+lora"),
+        suites=("sanitation", "fluency", "retention"), datasets=("sanitation",),
         description="Erase knowledge: forget questions -> \"I don't know.\", retain questions keep their answers. "
+                    "The default, sanitation-scope, is a scope gate (SERAC) calibrated on the training split; "
+                    "sanitation-lora and ft-m edit the weights. "
                     "Evaluates the sanitation, fluency and retention suites before and after the edit; writes "
                     "results.json, samples.jsonl, summary.md and patch/."),
     "debias": JobSpec(

@@ -52,6 +52,10 @@ class LoadedModel:
     dtype: str
     info: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        # what a MiniLM scope gate (trustedit.scope_gate) decodes a prompt's tokens with
+        object.__setattr__(self.model, "_trustedit_tokenizer", self.tokenizer)
+
     @property
     def model_type(self) -> str:
         return self.model.config.model_type

@@ -82,11 +82,14 @@ class Patch:
     # other edits from the same fit, evaluated side by side by a job but never saved with this one
     # (e.g. Ext-Sub's expert alone and plain negation of the same two adapters): name -> Patch
     variants: dict = field(default_factory=dict, repr=False)
+    # a scope gate (:class:`trustedit.scope_gate.ScopeGate`): hooks installed on apply, removed on
+    # revert; it writes no weight
+    gate: object = None
 
     # ---- lifecycle -------------------------------------------------------------------------
     @property
     def applied(self) -> bool:
-        return bool(self._backup)
+        return bool(self._backup) or (self.gate is not None and self.gate.installed)
 
     def apply(self, model, check_fingerprint: str | None = None) -> "Patch":
         """Add every delta to its parameter. With ``check_fingerprint`` the manifest's
@@ -113,8 +116,10 @@ class Patch:
                     _add_rounded(p, d)
                     if not torch.isfinite(p).all():
                         raise TrusteditError(f"applying the patch made {name} non-finite; nothing was changed")
+                if self.gate is not None:
+                    self.gate.install(model)
             except BaseException:  # all or nothing
-                if self._backup:
+                if self.applied:
                     self.revert(model)
                 else:
                     _forget(stack, self)
@@ -134,6 +139,8 @@ class Patch:
         if blocking:
             raise TrusteditError(f"revert the {blocking[-1].method} patch first: patches that touch the same weights "
                                  "revert in the reverse order of applying")
+        if self.gate is not None:
+            self.gate.remove()
         params = dict(model.named_parameters())
         with torch.no_grad():
             for name, saved in self._backup.items():
@@ -155,8 +162,12 @@ class Patch:
                     tensors[key] = t.detach().to("cpu").contiguous()
                     keys[k] = key
                 index[name] = {"kind": delta.kind, "scale": delta.scale, "tensors": keys}
+            if self.gate is not None:
+                tensors.update(self.gate.tensors())
             save_file(tensors, str(tmp / "patch.safetensors"), metadata={"format": PATCH_FORMAT})
             manifest = {**self.manifest, "format": PATCH_FORMAT, "method": self.method, "deltas": index}
+            if self.gate is not None:
+                manifest["gate"] = self.gate.describe()
             manifest.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
             manifest["num_delta_parameters"] = sum(d.numel for d in self.deltas.values())
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True, default=str))
@@ -192,7 +203,12 @@ class Patch:
         deltas = {}
         for name, entry in index.items():
             deltas[name] = _delta_from(mpath, name, entry, tensors)
-        return cls(manifest.get("method", "?"), deltas, manifest)
+        gate = None
+        if manifest.get("gate") is not None:
+            from trustedit.scope_gate import ScopeGate
+
+            gate = ScopeGate.from_saved(str(mpath), manifest["gate"], tensors)
+        return cls(manifest.get("method", "?"), deltas, manifest, gate=gate)
 
     def digest(self) -> str:
         """SHA-256 of the patch's content (parameter names, kinds, scales, tensor bytes): what a
@@ -204,6 +220,11 @@ class Patch:
             for k in sorted(d.tensors):
                 t = d.tensors[k].detach().to("cpu").contiguous()
                 h.update(json.dumps([k, str(t.dtype), list(t.shape)]).encode())
+                h.update(_tensor_bytes(t))
+        if self.gate is not None:
+            h.update(json.dumps(self.gate.describe(), sort_keys=True).encode())
+            for k, t in sorted(self.gate.tensors().items()):
+                h.update(k.encode())
                 h.update(_tensor_bytes(t))
         return h.hexdigest()
 
@@ -220,6 +241,10 @@ class Patch:
 
         from trustedit.models import folder_fingerprint, save_plain, sha256_file
 
+        if self.gate is not None:
+            raise TrusteditError(f"a {self.method} patch holds a scope gate (a decision taken while the model runs), "
+                                 "which merged weights cannot express; use the patch folder itself "
+                                 "(trustedit eval/audit --patch, or Patch.load(...).apply(model))")
         was_applied = self.applied
         if not was_applied:
             self.apply(model)

@@ -35,6 +35,10 @@ def run(args) -> int:
         print(json.dumps({k: v for k, v in patch.manifest.items() if k != "deltas"}, indent=1, default=str))
         return 0
     if args.action in ("apply", "export"):
+        if patch.gate is not None:
+            raise UsageError(f"{args.patch}: a {patch.method} patch is a scope gate (a decision taken while the model "
+                             "runs), which merged weights cannot express; use the patch folder itself (trustedit "
+                             "eval/audit --patch)")
         return _export(patch, args)
     return _revert(patch, args)
 

@@ -11,6 +11,8 @@ from trustedit.errors import UsageError
 
 # Methods that produce a Patch. Only implemented methods are listed.
 METHODS: dict[str, str] = {
+    "sanitation-scope": "trustedit.privacy.scope:METHOD",
+    "sanitation-scope+lora": "trustedit.privacy.scope:METHOD_LORA",
     "sanitation-lora": "trustedit.privacy.sanitization:METHOD",
     "ft-m": "trustedit.methods.ft_m:METHOD",
     "dama": "trustedit.bias.dama:METHOD",

@@ -126,7 +126,11 @@ def summary(r: dict) -> str:
         title = f"# trustedit eval: {', '.join(r['metrics'])} with the patch {r['patch_in']['path']}"
     else:
         title = f"# trustedit eval: {', '.join(r['metrics'])}"
-    lines = [title, "", _model_line(r["model"])]
+    lines = [title, ""]
+    verdicts = _verdicts(r)
+    if verdicts:
+        lines += verdicts + [""]
+    lines.append(_model_line(r["model"]))
     if meth:
         lines.append(f"- method: {meth['summary']} — {meth['citation']}")
     if r.get("training_data"):
@@ -170,6 +174,24 @@ def summary(r: dict) -> str:
         files += ", `patch/` (apply, revert or export with `trustedit patch`)"
     lines += [f"Files: {files}.", ""]
     return "\n".join(lines)
+
+
+def _verdicts(r: dict) -> list[str]:
+    """Each suite's one-line verdict for a person (suites that have one), for a run with an edit."""
+    if r.get("points") is not None:
+        return []
+    out = []
+    for s, ms in (r.get("metrics") or {}).items():
+        try:
+            from trustedit.registry import get_suite
+
+            v = getattr(get_suite(s), "verdict", None)
+            line = v(ms) if v and any((e or {}).get("post") for e in ms.values()) else None
+        except Exception:  # noqa: BLE001 - an unknown suite in an old file
+            line = None
+        if line:
+            out.append(line)
+    return out
 
 
 def _resolution(suite: str, metrics: dict) -> list[str]:
