@@ -35,7 +35,7 @@ def main(argv=None):
     lm = load_model()
     data = load(None, hub=False)
     p = pairs(lm.tokenizer, data)
-    train = TrainPairs(p["train_f"], p["train_r"])
+    train = TrainPairs(p["train_f"], p["train_r"], forget_answers=[x.answer for x in data.train_forget])
     test = p["test_f"] + p["test_r"]
     prompts = [test[i % len(test)].prompt for i in range(args.n)]
     o = SanitationOptions()

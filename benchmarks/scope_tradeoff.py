@@ -23,7 +23,13 @@ import json
 import time
 
 
-VARIANTS = (("minilm", "knn"), ("minilm", "logreg"), ("hidden", "knn"), ("hidden", "logreg"))
+# (features, classifier, exemplars): the default first; knn on MiniLM also with the questions alone as exemplars
+VARIANTS = (("minilm", "knn", "question+answer"), ("minilm", "knn", "question"), ("minilm", "logreg", "question"),
+            ("hidden", "knn", "question"), ("hidden", "logreg", "question"))
+
+
+def _label(feat, clf, ex):
+    return f"{feat} + {clf}" + (" (exemplars: question + answer)" if ex == "question+answer" else "")
 
 
 def main(argv=None):
@@ -42,10 +48,10 @@ def main(argv=None):
     from trustedit.embeddings import SentenceEncoder
     from trustedit.metrics.qa import is_idk
     from trustedit.models import load_model
-    from trustedit.privacy.scope import ScopeConfig, features, gate_layer
+    from trustedit.privacy.scope import ScopeConfig, exemplar_features, features, gate_layer
     from trustedit.prompts import PromptFormat, generate
     from trustedit.scope_gate import calibrate, frame_of, scope_params, scope_scores
-    from trustedit.suites.sanitation import SanitationOptions, near_retain, pairs
+    from trustedit.suites.sanitation import SanitationOptions, TrainPairs, near_retain, pairs
 
     targets = [float(x) for x in args.targets.split(",")]
     data = load(args.data, hub=False)
@@ -69,8 +75,8 @@ def main(argv=None):
     frame = frame_of(lm.tokenizer, PromptFormat())
     enc = SentenceEncoder()
     rows, feats = [], {}
-    for feat, clf in VARIANTS:
-        cfg = ScopeConfig(features=feat, classifier=clf)
+    for feat, clf, ex in VARIANTS:
+        cfg = ScopeConfig(features=feat, classifier=clf, exemplars=ex)
         if feat not in feats:
             t1 = time.time()
             feats[feat] = {k: features(lm, [x.prompt for x in p[k]], cfg, frame, enc)
@@ -78,7 +84,10 @@ def main(argv=None):
             print(f"{feat} features: {time.time() - t1:.0f} s", flush=True)
         F = feats[feat]
         center = feat == "hidden"
-        params = scope_params(clf, F["train_f"], F["train_r"], k=cfg.k, C=cfg.C, seed=0, center=center)
+        bank = exemplar_features(lm, TrainPairs(p["train_f"], p["train_r"], forget_answers=[x.answer for x in data.train_forget]),
+                                 cfg, frame, enc)
+        params = scope_params(clf, F["train_f"] if bank is None else bank, F["train_r"], k=cfg.k, C=cfg.C, seed=0,
+                              center=center)
         sf = scope_scores(clf, params, F["test_f"], cfg.k).numpy()
         sr = scope_scores(clf, params, F["test_r"], cfg.k).numpy()
         from sklearn.metrics import roc_auc_score
@@ -86,18 +95,18 @@ def main(argv=None):
         auc = float(roc_auc_score(np.r_[np.ones(len(sf)), np.zeros(len(sr))], np.r_[sf, sr]))
         for t in targets:
             cal = calibrate(clf, F["train_f"], F["train_r"], target=t, folds=cfg.folds, k=cfg.k, C=cfg.C, seed=0,
-                            center=center)
+                            center=center, bank=bank)
             thr = cal["threshold"]
             in_f, in_r = sf > thr, sr > thr
             ks = float(np.mean(in_f | refused_f))
             orr = float(np.mean(in_r | refused_r))
             nor = float(np.mean((in_r | refused_r)[near])) if near else float("nan")
-            rows.append({"features": feat, "classifier": clf, "layer": gate_layer(lm.model, cfg) if feat == "hidden"
+            rows.append({"variant": _label(feat, clf, ex), "features": feat, "classifier": clf, "exemplars": ex, "layer": gate_layer(lm.model, cfg) if feat == "hidden"
                          else None, "target": t, "threshold": thr, "cv_over_refusal": cal["cv_over_refusal"],
                          "cv_flag_rate_forget": cal["cv_flag_rate_forget"], "cv_roc_auc": cal["cv_roc_auc"],
                          "test_roc_auc": auc, "K_S": ks, "over_refusal": orr, "near_over_refusal": nor,
                          "n_forget": int(len(sf)), "n_retain": int(len(sr)), "n_near": len(near)})
-            print(f"{feat:6s} {clf:6s} target {t:.2f}: K_S {ks:.3f} over-refusal {orr:.3f} near {nor:.3f} "
+            print(f"{_label(feat, clf, ex):45s} target {t:.2f}: K_S {ks:.3f} over-refusal {orr:.3f} near {nor:.3f} "
                   f"(cv AUC {cal['cv_roc_auc']:.3f}, test AUC {auc:.3f})", flush=True)
     if args.json:
         with open(args.json, "w") as f:
@@ -113,12 +122,12 @@ def _plot(rows, out, source, png=None):
 
     matplotlib.rcParams["svg.hashsalt"] = "trustedit"
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
-    for i, (feat, clf) in enumerate(VARIANTS):
-        pts = [r for r in rows if r["features"] == feat and r["classifier"] == clf]
+    for i, v in enumerate(VARIANTS):
+        pts = [r for r in rows if r["variant"] == _label(*v)]
         xs, ys = [100 * r["over_refusal"] for r in pts], [100 * r["K_S"] for r in pts]
-        ax.plot(xs, ys, "o-" if feat == "minilm" else "s--", color=plt.get_cmap("tab10")(i), label=f"{feat} + {clf}")
+        ax.plot(xs, ys, "o-" if v[0] == "minilm" else "s--", color=plt.get_cmap("tab10")(i), label=_label(*v))
         for r, x, y in zip(pts, xs, ys):
-            if feat == "minilm" and clf == "knn":
+            if i == 0:
                 ax.annotate(f"{100 * r['target']:g} %", (x, y), textcoords="offset points", xytext=(5, -9), fontsize=7)
     ax.axhline(70, color="grey", lw=0.8, ls=":")
     ax.axvline(10, color="grey", lw=0.8, ls=":")

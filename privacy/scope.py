@@ -46,6 +46,10 @@ class ScopeConfig(MethodConfig):
     C: float = opt(0.1, "logreg: inverse regularisation strength.", gt=0)
     layer: float = opt(0.8, "hidden: decoder layer whose output is pooled (an index or a fraction of depth).",
                        layer=True)
+    exemplars: str = opt("question+answer", "knn on minilm features: what each forget exemplar embeds: 'question', or "
+                         "'question+answer' (the fact to forget, as SERAC's scope classifier reads the edit descriptor "
+                         "with its answer); the input is always the question alone.",
+                         choices=("question", "question+answer"))
     max_over_refusal: float = opt(0.05, "Calibration target: the share of (out-of-fold) training retain questions "
                                   "allowed in scope.", ge=0, lt=1)
     folds: int = opt(5, "Cross-validation folds of the calibration (training split only).", ge=2)
@@ -76,6 +80,22 @@ def features(lm, prompts, cfg: ScopeConfig, frame, encoder=None):
                                       desc="scope features")
 
 
+def exemplar_features(lm, train, cfg: ScopeConfig, frame, encoder):
+    """The forget exemplars' features when they differ from the forget questions' (knn on MiniLM
+    with ``exemplars=question+answer``: the question followed by its forgotten answer), else None."""
+    from trustedit.errors import UsageError
+    from trustedit.scope_gate import question_text
+
+    if not (cfg.features == "minilm" and cfg.classifier == "knn" and cfg.exemplars == "question+answer"):
+        return None
+    answers = list(getattr(train, "forget_answers", None) or [])
+    if len(answers) != len(train.forget):
+        raise UsageError("sanitation-scope: exemplars=question+answer needs the forget questions' answers "
+                         "(set exemplars=question to use the questions alone)")
+    return encoder.encode([f"{question_text(lm.tokenizer, x.prompt, frame)} {a}".strip()
+                           for x, a in zip(train.forget, answers)])
+
+
 def gate_layer(model, cfg) -> int:
     from trustedit import arch
     from trustedit.methods.base import layer_index
@@ -103,17 +123,20 @@ def fit_gate(lm, train, cfg: ScopeConfig):
     t0 = time.time()
     F = features(lm, [x.prompt for x in train.forget], cfg, frame, encoder)
     R = features(lm, [x.prompt for x in train.retain], cfg, frame, encoder)
+    bank = exemplar_features(lm, train, cfg, frame, encoder)
     t_feat = time.time() - t0
     center = cfg.features == "hidden"  # hidden states share a large common direction; MiniLM's cosine is used as is
     cal = calibrate(cfg.classifier, F, R, target=cfg.max_over_refusal, folds=cfg.folds, k=cfg.k, C=cfg.C,
-                    seed=cfg.seed, center=center)
-    params = scope_params(cfg.classifier, F, R, k=cfg.k, C=cfg.C, seed=cfg.seed, center=center)
+                    seed=cfg.seed, center=center, bank=bank)
+    params = scope_params(cfg.classifier, F if bank is None else bank, R, k=cfg.k, C=cfg.C, seed=cfg.seed,
+                          center=center)
     gate = ScopeGate(cfg.features, cfg.classifier, params, cal["threshold"], refusal, int(refusal[-1]), cfg.k,
                      gate_layer(lm.model, cfg) if cfg.features == "hidden" else None,
                      (list(frame[0]), list(frame[1])) if cfg.features == "minilm" else ((), ()),
                      encoder.fingerprint if encoder is not None else None)
     record = {"calibration": {**cal, "split": "train (forget vs retain), cross-validated", "forget": len(F),
                               "retain": len(R)},
+              "exemplars": "question+answer" if bank is not None else "question",
               "features_seconds": round(t_feat, 2)}
     if encoder is not None:
         record["encoder"] = encoder.describe()

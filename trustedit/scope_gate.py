@@ -176,10 +176,12 @@ def scope_scores(classifier: str, params: dict, feats, k: int):
 
 
 def calibrate(classifier: str, forget, retain, *, target: float, folds: int, k: int, C: float, seed: int,
-              center: bool) -> dict:
+              center: bool, bank=None) -> dict:
     """Cross-validated calibration on the training features alone: out-of-fold scores of every
     training example (stratified ``folds``-fold split), and the threshold above which at most
-    ``target`` of the out-of-fold retain scores lie."""
+    ``target`` of the out-of-fold retain scores lie. ``bank`` (knn): the forget exemplars' own
+    features, row for row with ``forget`` (e.g. question + answer), used as the neighbours while
+    ``forget`` (the questions) is what is scored."""
     import numpy as np
     import torch
     from sklearn.metrics import roc_auc_score
@@ -194,7 +196,8 @@ def calibrate(classifier: str, forget, retain, *, target: float, folds: int, k: 
     oof = np.zeros(len(X))
     for tr, te in StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y):
         tr_f = torch.as_tensor(tr[y[tr] == 1]); tr_r = torch.as_tensor(tr[y[tr] == 0])  # noqa: E702
-        params = scope_params(classifier, X[tr_f], X[tr_r], k=k, C=C, seed=seed, center=center)
+        exemplars = X[tr_f] if bank is None else bank[tr_f]
+        params = scope_params(classifier, exemplars, X[tr_r], k=k, C=C, seed=seed, center=center)
         oof[te] = scope_scores(classifier, params, X[torch.as_tensor(te)], k).double().numpy()
     r, f = oof[y == 0], oof[y == 1]
     thr = float(np.quantile(r, 1 - target, method="higher")) if target > 0 else float(r.max())

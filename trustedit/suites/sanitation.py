@@ -19,7 +19,7 @@ few TriviaQA answers, and a "forgotten" answer it never knew proves nothing). Th
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from trustedit.suites.base import Items, LoadContext, Suite, SuiteOptions, nonneg_int, opt, pos_int
 
@@ -88,6 +88,7 @@ class TrainPairs:
     retain: list
     fingerprint: str = ""
     source: str = ""
+    forget_answers: list = field(default_factory=list)  # the forgotten (gold) answer of each forget pair
 
     def describe(self) -> dict:
         return {"name": "sanitation (train split)", "fingerprint": self.fingerprint, "source": self.source,
@@ -102,7 +103,9 @@ def train_pairs(lm, job):
         opts = job.suite_options("sanitation")
         items = SanitationSuite().load(opts, job.load_context)
     p = pairs(lm.tokenizer, items.data["data"], items.memo)
-    return TrainPairs(p["train_f"], p["train_r"], items.fingerprint, items.data["data"].source)
+    data = items.data["data"]
+    return TrainPairs(p["train_f"], p["train_r"], items.fingerprint, data.source,
+                      [x.answer for x in data.train_forget])
 
 
 class SanitationSuite(Suite):
