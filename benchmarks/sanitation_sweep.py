@@ -40,6 +40,7 @@ def main(argv=None):
         m = pt["metrics"]["sanitation"]
         g = lambda k: m[k]["post"]["value"] if k in m else float("nan")  # noqa: E731
         print(f"{pt['label']}: K_S {g('K_S_idk_rate'):.3f} over-refusal {g('over_refusal_rate'):.3f} "
+              f"near {g('near_over_refusal_rate'):.3f} "
               f"loc {g('locality'):.3f} K_R {m['K_R_retain_accuracy']['pre']['value']:.3f}->{g('K_R_retain_accuracy'):.3f} "
               f"known K_S {g('known/K_S_idk_rate'):.3f} fit {pt['seconds']['fit']:.0f}s", flush=True)
 
