@@ -91,7 +91,8 @@ def test_plain_module_error_is_one_line(tmp_path):
 @pytest.mark.parametrize("args, needle", [
     (("--method", "rome"), "'rome' is not an erase method"),
     (("--dataset", "zsre"), "unknown dataset 'zsre'"),
-    (("--set", "nonsense=1"), "unknown SanitizationConfig option 'nonsense'"),
+    (("--set", "nonsense=1"), "unknown ScopeConfig option 'nonsense'"),
+    (("--method", "sanitation-lora", "--set", "nonsense=1"), "unknown SanitizationConfig option 'nonsense'"),
     (("--method", "ft-m", "--set", "layer=abc"), "--set layer=abc: expected float"),
     (("--set", "rank"), "expected key=value"),
     (("--config", "absent.json"), "--config absent.json: no such file"),
@@ -253,7 +254,11 @@ def test_erase_end_to_end_tiny_llama(tmp_path, tiny_llama):
 @pytest.mark.parametrize("args, needle", [
     (("detox", "--set", "combine=bogus"), "--set combine=bogus: ExtSubConfig option 'combine' must be one of 'ext-sub'"),
     (("detox", "--method", "dinm", "--set", "kl_direction=x"), "DINMConfig option 'kl_direction' must be one of"),
-    (_erase("--set", "epochs=-1"), "--set epochs=-1: SanitizationConfig option 'epochs' must be an integer >= 1"),
+    (_erase("--method", "sanitation-lora", "--set", "epochs=-1"),
+     "--set epochs=-1: SanitizationConfig option 'epochs' must be an integer >= 1"),
+    (_erase("--set", "max_over_refusal=2"), "--set max_over_refusal=2: ScopeConfig option 'max_over_refusal' must be"),
+    (_erase("--set", "features=tfidf"), "ScopeConfig option 'features' must be one of 'minilm', 'hidden'"),
+    (_erase("--method", "sanitation-scope+lora", "--set", "rank=0"), "ScopeLoraConfig option 'rank' must be an integer"),
     (_erase("--method", "ft-m", "--set", "lr=nan"), "FTMConfig option 'lr' must be a finite number > 0, got nan"),
     (("debias", "--set", "components=inf"), "DAMAConfig option 'components' must be a finite number > 0"),
     (("debias", "--method", "inlp", "--set", "classifier=tree"), "INLPConfig option 'classifier' must be one of"),
@@ -269,10 +274,10 @@ def test_bad_method_options_fail_when_the_config_is_built(tmp_path, args, needle
 
 def test_config_file_type_error_names_the_file(tmp_path):
     (tmp_path / "opts.json").write_text(json.dumps({"lr": "abc"}))
-    rc, _, err, torch_imported = run_cli(tmp_path, *_erase("--config", "opts.json"))
+    rc, _, err, torch_imported = run_cli(tmp_path, *_erase("--method", "sanitation-lora", "--config", "opts.json"))
     assert "--config opts.json: option 'lr': expected float, got 'abc'" in one_error_line(rc, err)
     (tmp_path / "opts.yaml").write_text("rank: 0\n")
-    rc, _, err, torch_imported = run_cli(tmp_path, *_erase("--config", "opts.yaml"))
+    rc, _, err, torch_imported = run_cli(tmp_path, *_erase("--method", "sanitation-lora", "--config", "opts.yaml"))
     assert "--config opts.yaml: SanitizationConfig option 'rank' must be an integer >= 1, got 0" in one_error_line(rc, err)
     assert not torch_imported
 

