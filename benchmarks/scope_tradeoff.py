@@ -6,7 +6,8 @@ calibration target.
 
 For each scope model (features minilm / hidden × classifier knn / logreg) the features of the
 training and test prompts are computed once; for each calibration target the threshold comes from
-the out-of-fold training scores (:func:`trustedit.scope_gate.calibrate`: the training split only).
+the out-of-fold training scores (:func:`trustedit.scope_gate.out_of_fold_scores`, computed once per
+scope model, and :func:`~trustedit.scope_gate.threshold_at`: the training split only).
 The test outcome follows from the gate's two guarantees, which ``tests/test_scope.py`` checks: a
 test question in scope is answered "I don't know."; one out of scope gets the base model's own
 answer, bit for bit. So K_S = share of forget questions in scope or refused by the base model, and
@@ -50,7 +51,9 @@ def main(argv=None):
     from trustedit.models import load_model
     from trustedit.privacy.scope import ScopeConfig, exemplar_features, features, gate_layer
     from trustedit.prompts import PromptFormat, generate
-    from trustedit.scope_gate import calibrate, frame_of, scope_params, scope_scores
+    from sklearn.metrics import roc_auc_score
+
+    from trustedit.scope_gate import frame_of, out_of_fold_scores, scope_params, scope_scores, threshold_at
     from trustedit.suites.sanitation import SanitationOptions, TrainPairs, near_retain, pairs
 
     targets = [float(x) for x in args.targets.split(",")]
@@ -75,6 +78,7 @@ def main(argv=None):
     frame = frame_of(lm.tokenizer, PromptFormat())
     enc = SentenceEncoder()
     rows, feats = [], {}
+    train = TrainPairs(p["train_f"], p["train_r"], forget_answers=[x.answer for x in data.train_forget])
     for feat, clf, ex in VARIANTS:
         cfg = ScopeConfig(features=feat, classifier=clf, exemplars=ex)
         if feat not in feats:
@@ -84,25 +88,23 @@ def main(argv=None):
             print(f"{feat} features: {time.time() - t1:.0f} s", flush=True)
         F = feats[feat]
         center = feat == "hidden"
-        bank = exemplar_features(lm, TrainPairs(p["train_f"], p["train_r"], forget_answers=[x.answer for x in data.train_forget]),
-                                 cfg, frame, enc)
+        bank = exemplar_features(lm, train, cfg, frame, enc)
         params = scope_params(clf, F["train_f"] if bank is None else bank, F["train_r"], k=cfg.k, C=cfg.C, seed=0,
                               center=center)
         sf = scope_scores(clf, params, F["test_f"], cfg.k).numpy()
         sr = scope_scores(clf, params, F["test_r"], cfg.k).numpy()
-        from sklearn.metrics import roc_auc_score
-
         auc = float(roc_auc_score(np.r_[np.ones(len(sf)), np.zeros(len(sr))], np.r_[sf, sr]))
+        oof_f, oof_r, folds = out_of_fold_scores(clf, F["train_f"], F["train_r"], folds=cfg.folds, k=cfg.k, C=cfg.C,
+                                                 seed=0, center=center, bank=bank)  # once per variant
         for t in targets:
-            cal = calibrate(clf, F["train_f"], F["train_r"], target=t, folds=cfg.folds, k=cfg.k, C=cfg.C, seed=0,
-                            center=center, bank=bank)
+            cal = threshold_at(oof_f, oof_r, t, folds)
             thr = cal["threshold"]
             in_f, in_r = sf > thr, sr > thr
             ks = float(np.mean(in_f | refused_f))
             orr = float(np.mean(in_r | refused_r))
             nor = float(np.mean((in_r | refused_r)[near])) if near else float("nan")
-            rows.append({"variant": _label(feat, clf, ex), "features": feat, "classifier": clf, "exemplars": ex, "layer": gate_layer(lm.model, cfg) if feat == "hidden"
-                         else None, "target": t, "threshold": thr, "cv_over_refusal": cal["cv_over_refusal"],
+            rows.append({"variant": _label(feat, clf, ex), "features": feat, "classifier": clf, "exemplars": ex,
+                         "layer": gate_layer(lm.model, cfg) if feat == "hidden" else None, "target": t, "threshold": thr, "cv_over_refusal": cal["cv_over_refusal"],
                          "cv_flag_rate_forget": cal["cv_flag_rate_forget"], "cv_roc_auc": cal["cv_roc_auc"],
                          "test_roc_auc": auc, "K_S": ks, "over_refusal": orr, "near_over_refusal": nor,
                          "n_forget": int(len(sf)), "n_retain": int(len(sr)), "n_near": len(near)})

@@ -29,20 +29,15 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from trustedit.methods.base import Method, MethodConfig, opt, retain_pairs, sample_items, set_seed, training_record
+from trustedit.methods.base import Method, opt, retain_pairs, sample_items, set_seed, training_record
 
 
 from trustedit.methods.base import RETAIN_TARGETS  # the values the config accepts
-from trustedit.methods.lora import ROLES
+from trustedit.methods.lora import LoraFields
 
 
 @dataclass
-class SanitizationConfig(MethodConfig):
-    rank: int = opt(8, "LoRA rank r.", ge=1)
-    alpha: float = opt(16.0, "LoRA alpha; the update is scaled by alpha / r.", gt=0)
-    dropout: float = opt(0.05, "LoRA dropout during training.", ge=0, lt=1)
-    targets: list = opt(["q", "v", "gate"], "Projection roles to adapt (q, k, v, o, gate, up, down).", choices=ROLES,
-                        item="LoRA target role", min_items=1)
+class SanitizationConfig(LoraFields):
     first_layer: float = opt(0.0, "Lowest adapted layer: an index or a fraction of depth (0: all layers).", layer=True)
     lr: float = opt(3e-4, "AdamW learning rate.", gt=0)
     epochs: int = opt(2, "Passes over the training pairs.", ge=1)

@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass
 
 from trustedit.methods.base import Method, MethodConfig, opt, set_seed, training_record
-from trustedit.methods.lora import ROLES
+from trustedit.methods.lora import LoraFields
 from trustedit.scope_gate import CLASSIFIERS, FEATURES
 
 
@@ -57,12 +57,9 @@ class ScopeConfig(MethodConfig):
 
 
 @dataclass
-class ScopeLoraConfig(ScopeConfig):
-    rank: int = opt(8, "LoRA rank r of the counterfactual model.", ge=1)
-    alpha: float = opt(16.0, "LoRA alpha; the update is scaled by alpha / r.", gt=0)
-    dropout: float = opt(0.05, "LoRA dropout during training.", ge=0, lt=1)
-    targets: list = opt(["q", "v", "gate"], "Projection roles to adapt (q, k, v, o, gate, up, down).", choices=ROLES,
-                        item="LoRA target role", min_items=1)
+class ScopeLoraConfig(ScopeConfig, LoraFields):
+    """The gate's options, the counterfactual adapter's shape (:class:`LoraFields`) and its schedule."""
+
     lr: float = opt(1e-3, "AdamW learning rate (higher than sanitation-lora's: the adapter only ever answers in "
                     "scope, so it has no retain answers to keep).", gt=0)
     epochs: int = opt(5, "Passes over the forget pairs.", ge=1)

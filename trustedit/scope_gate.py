@@ -175,16 +175,14 @@ def scope_scores(classifier: str, params: dict, feats, k: int):
     return logreg_scores(params, feats)
 
 
-def calibrate(classifier: str, forget, retain, *, target: float, folds: int, k: int, C: float, seed: int,
-              center: bool, bank=None) -> dict:
-    """Cross-validated calibration on the training features alone: out-of-fold scores of every
-    training example (stratified ``folds``-fold split), and the threshold above which at most
-    ``target`` of the out-of-fold retain scores lie. ``bank`` (knn): the forget exemplars' own
-    features, row for row with ``forget`` (e.g. question + answer), used as the neighbours while
-    ``forget`` (the questions) is what is scored."""
+def out_of_fold_scores(classifier: str, forget, retain, *, folds: int, k: int, C: float, seed: int, center: bool,
+                       bank=None):
+    """Scope scores of every training example from a model fitted without its fold (stratified
+    ``folds``-fold split, seeded): ``(forget scores, retain scores, folds used)`` as numpy arrays.
+    ``bank`` (knn): the forget exemplars' own features, row for row with ``forget`` (e.g. question
+    + answer), used as the neighbours while ``forget`` (the questions) is what is scored."""
     import numpy as np
     import torch
-    from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import StratifiedKFold
 
     X = torch.cat([forget, retain])
@@ -199,11 +197,30 @@ def calibrate(classifier: str, forget, retain, *, target: float, folds: int, k: 
         exemplars = X[tr_f] if bank is None else bank[tr_f]
         params = scope_params(classifier, exemplars, X[tr_r], k=k, C=C, seed=seed, center=center)
         oof[te] = scope_scores(classifier, params, X[torch.as_tensor(te)], k).double().numpy()
-    r, f = oof[y == 0], oof[y == 1]
+    return oof[y == 1], oof[y == 0], folds
+
+
+def threshold_at(oof_forget, oof_retain, target: float, folds: int) -> dict:
+    """The threshold above which at most ``target`` of the out-of-fold retain scores lie, and the
+    calibration record (the out-of-fold rates and ROC-AUC it implies, and the scores themselves)."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    f, r = np.asarray(oof_forget, dtype=float), np.asarray(oof_retain, dtype=float)
     thr = float(np.quantile(r, 1 - target, method="higher")) if target > 0 else float(r.max())
     return {"threshold": thr, "target_over_refusal": target, "folds": folds,
             "cv_over_refusal": float(np.mean(r > thr)), "cv_flag_rate_forget": float(np.mean(f > thr)),
-            "cv_roc_auc": float(roc_auc_score(y, oof)), "oof_forget": f.tolist(), "oof_retain": r.tolist()}
+            "cv_roc_auc": float(roc_auc_score(np.r_[np.ones(len(f)), np.zeros(len(r))], np.r_[f, r])),
+            "oof_forget": f.tolist(), "oof_retain": r.tolist()}
+
+
+def calibrate(classifier: str, forget, retain, *, target: float, folds: int, k: int, C: float, seed: int,
+              center: bool, bank=None) -> dict:
+    """Cross-validated calibration on the training features alone: :func:`out_of_fold_scores`,
+    then :func:`threshold_at` the ``target`` over-refusal."""
+    f, r, used = out_of_fold_scores(classifier, forget, retain, folds=folds, k=k, C=C, seed=seed, center=center,
+                                    bank=bank)
+    return threshold_at(f, r, target, used)
 
 
 # ---- the gate ----------------------------------------------------------------------------------

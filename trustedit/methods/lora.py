@@ -8,9 +8,23 @@ returned with its base weights untouched and its ``requires_grad`` flags restore
 
 from __future__ import annotations
 
-from trustedit.methods.base import layer_index, set_seed, train_pairs
+from dataclasses import dataclass
+
+from trustedit.methods.base import MethodConfig, layer_index, opt, set_seed, train_pairs
 
 ROLES = ("q", "k", "v", "o", "gate", "up", "down")  # ArchSpec fields naming one projection each
+
+
+@dataclass
+class LoraFields(MethodConfig):
+    """The adapter's shape, shared by the configs of the methods that train one refusal adapter
+    (``sanitation-lora``, ``sanitation-scope+lora``); a method adds its own schedule."""
+
+    rank: int = opt(8, "LoRA rank r.", ge=1)
+    alpha: float = opt(16.0, "LoRA alpha; the update is scaled by alpha / r.", gt=0)
+    dropout: float = opt(0.05, "LoRA dropout during training.", ge=0, lt=1)
+    targets: list = opt(["q", "v", "gate"], "Projection roles to adapt (q, k, v, o, gate, up, down).", choices=ROLES,
+                        item="LoRA target role", min_items=1)
 
 
 def target_modules(model, roles, first_layer=0.0) -> list[str]:

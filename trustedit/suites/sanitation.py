@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
-from trustedit.suites.base import Items, LoadContext, Suite, SuiteOptions, nonneg_int, opt, pos_int
+from trustedit.suites.base import Items, LoadContext, Suite, SuiteOptions, opt, pos_int
 
 KNOWN_RULE = "base model's greedy answer contains the gold answer or an alias"
 SPLITS = ("train_forget", "train_retain", "test_forget", "test_retain")
@@ -204,10 +204,7 @@ class SanitationSuite(Suite):
 
         from trustedit.metrics import qa
 
-        key = ("near",)
-        if key not in items.memo:
-            items.memo[key] = near_retain(items.data["data"])
-        idx, info = items.memo[key]
+        idx, info = _near(items)
         s = qa.over_refusal([gens[i] for i in idx], gp)
         s = replace(s, name="near_over_refusal_rate",
                     protocol=s.protocol.replace(" on retain questions", "") + f" on the 'near' retain questions: {NEAR_RULE}")
@@ -228,8 +225,7 @@ class SanitationSuite(Suite):
 
         data = items.data["data"]
         keep_f, keep_r = known_indices(data, base_raw)
-        if ("near",) not in items.memo:  # 'near' is decided on the whole retain set, then restricted
-            items.memo[("near",)] = near_retain(data)
+        _near(items)  # 'near' is decided on the whole retain set, then restricted
         info = {"test_forget_kept": len(keep_f), "test_forget_total": len(data.test_forget),
                 "test_retain_kept": len(keep_r), "test_retain_total": len(data.test_retain), "rule": KNOWN_RULE}
         if not keep_f:
@@ -332,6 +328,13 @@ def known_indices(data, base_raw) -> tuple[list[int], list[int]]:
     keep_f = [i for i, (g, it) in enumerate(zip(base_raw["gen_forget"], data.test_forget)) if contains_answer(g, it.answers)]
     keep_r = [i for i, (g, it) in enumerate(zip(base_raw["gen_retain"], data.test_retain)) if contains_answer(g, it.answers)]
     return keep_f, keep_r
+
+
+def _near(items: Items) -> tuple[list[int], dict]:
+    """The 'near' retain indices of these items (:func:`near_retain`), computed once per item set."""
+    if ("near",) not in items.memo:
+        items.memo[("near",)] = near_retain(items.data["data"])
+    return items.memo[("near",)]
 
 
 def restrict(items: Items, keep_f, keep_r, info=None) -> Items:
