@@ -81,6 +81,8 @@ class ExtSubConfig(MethodConfig):
     combine: str = opt("ext-sub", "How the adapters combine: 'ext-sub' (subtract the deficiency), 'negation' (ΔW⁺ − λΔW⁻), 'expert' (ΔW⁺).",
                        choices=COMBINATIONS)
     lam: float = opt(1.0, "λ, the weight of the subtracted anti-expert part.", ge=0)
+    scale: float = opt(1.0, "Multiplies the whole combined update (1: as the paper; below 1 moves the edit toward the base model; "
+                            "what a fluency budget turns down, since λ = 0 still keeps the whole expert).", gt=0)
     eps: float = opt(1e-8, "Added to every row norm.", gt=0)
     factor_rank: int = opt(0, "0: store the combined update as dense deltas (exact); k > 0: factor each to rank k by SVD.", ge=0)
 
@@ -138,9 +140,9 @@ def factor(D, rank: int):
 
 
 def combine_deltas(pos: dict, neg: dict, how: str, lam: float = 1.0, eps: float = 1e-8, factor_rank: int = 0,
-                   conv1d: bool = False):
+                   conv1d: bool = False, scale: float = 1.0):
     """Per parameter, the combined :class:`~trustedit.patch.Delta` (dense, or low-rank when
-    ``factor_rank`` > 0) and a record of each module's norms (and factorisation error).
+    ``factor_rank`` > 0), times ``scale``, and a record of each module's norms (and factorisation error).
     ``pos`` / ``neg``: low-rank deltas of the two adapters on the same parameters. GPT-2's
     Conv1D stores ``Wᵀ``: rows are taken on the ``out x in`` orientation all the same."""
     import torch
@@ -157,6 +159,8 @@ def combine_deltas(pos: dict, neg: dict, how: str, lam: float = 1.0, eps: float 
         if conv1d:
             P, N = P.t(), N.t()
         D = combine_update(P, N, how, lam, eps)
+        if scale != 1.0:
+            D = D * scale
         if not torch.isfinite(D).all():
             from trustedit.errors import NumericalError
 
@@ -291,10 +295,10 @@ def patch_from(lm, pos, neg, cfg: ExtSubConfig, record: dict, how: str | None = 
     from trustedit.arch import arch_for
 
     conv1d = arch_for(lm.model).conv1d  # the architecture table knows how weights are stored
-    deltas, per_module = combine_deltas(pos, neg, how, cfg.lam, cfg.eps, cfg.factor_rank, conv1d)
+    deltas, per_module = combine_deltas(pos, neg, how, cfg.lam, cfg.eps, cfg.factor_rank, conv1d, cfg.scale)
     name = {"ext-sub": "ext-sub", "negation": "negation", "expert": "expert"}[how]
     patch = Patch(name, deltas)
-    patch.manifest["training"] = {**record, "combine": how, "lambda": cfg.lam, "eps": cfg.eps,
+    patch.manifest["training"] = {**record, "combine": how, "lambda": cfg.lam, "scale": cfg.scale, "eps": cfg.eps,
                                   "factor_rank": cfg.factor_rank, "per_module": per_module}
     return patch
 
@@ -323,6 +327,7 @@ def job_train(lm, job) -> DetoxTrain:
             continue
         sets = items.data.get("sets") or {"prompts": items.data.get("prompts", [])}
         ids.update(p.id for v in sets.values() for p in v)
+        ids.update(p.id for p in items.data.get("validation", ()))  # a budget search's prompts: never trained on
     return DetoxTrain(exclude_ids=tuple(sorted(ids, key=str)))
 
 
@@ -332,9 +337,12 @@ def default_evaluated_ids(seed: int) -> tuple:
     from trustedit.data.toxicity import load_rtp, select_rtp
     from trustedit.suites.rtp import RTPOptions
 
+    from trustedit.data.toxicity import validation_rtp
+
     o, data = RTPOptions(), load_rtp()
     ids = {p.id for p in select_rtp(data, o.toxic_limit, seed, "toxic-first")}
     ids |= {p.id for p in select_rtp(data, o.random_limit, seed, "random")}
+    ids |= {p.id for p in validation_rtp(data, ids, o.validation_prompts, seed)}
     return tuple(sorted(ids, key=str))
 
 
@@ -362,6 +370,51 @@ def fit(lm, data=None, cfg: ExtSubConfig | None = None, stages=None):
     return patch
 
 
+SWEEPABLE = ("combine", "lam", "scale", "eps", "factor_rank")
+
+
+def fit_sweep(lm, data, cfgs, stages=None):
+    """One patch per config, in order. Configs that differ only in how the adapters combine
+    (:data:`SWEEPABLE`) share one training of the two adapters; each patch equals
+    ``fit(lm, data, cfg)`` for its config, variants included."""
+    import dataclasses
+
+    cfgs = list(cfgs)
+    rest = [{k: v for k, v in dataclasses.asdict(c).items() if k not in SWEEPABLE} for c in cfgs]
+    if any(r != rest[0] for r in rest):
+        for c in cfgs:
+            yield fit(lm, data, c, stages)
+        return
+    cfg = cfgs[0]
+    set_seed(cfg.seed)
+    if isinstance(data, DetoxTrain):
+        good, bad, exclude = data.good, data.bad, data.exclude_ids
+    elif data is None:
+        good = bad = None
+        exclude = default_evaluated_ids(cfg.seed) if cfg.data_source == "rtp" else ()
+    else:
+        (good, bad), exclude = data, ()
+    pos, neg, record = train_adapters(lm, cfg, good, bad, stages, exclude_ids=exclude)
+    for c in cfgs:
+        patch = patch_from(lm, pos, neg, c, record)
+        patch.variants = {how: patch_from(lm, pos, neg, c, record, how) for how in ("expert", "negation", "ext-sub")
+                          if how != c.combine}
+        yield patch
+
+
+def budget_grid(cfg: ExtSubConfig) -> list[tuple[str, dict]]:
+    """Strengths a fluency budget chooses from, strongest first: λ (not for the expert alone) and the
+    scale of the whole update. λ alone cannot reach the base model's fluency (λ = 0 is the expert
+    alone, whose perplexity cost is the largest part, RESULTS §6), so the scale is searched too."""
+    lams = (cfg.lam,) if cfg.combine == "expert" else (1.0, 2.0)
+    out = []
+    for scale in (1.0, 0.5, 0.25):
+        for lam in lams:
+            label = f"scale={scale}" if cfg.combine == "expert" else f"λ={lam} scale={scale}"
+            out.append((label, {"lam": lam, "scale": scale}))
+    return out
+
+
 CITATION = ("Hu et al. 2024, Separate the Wheat from the Chaff: Model Deficiency Unlearning via Parameter-Efficient "
             "Modules Operation (AAAI 2024)")
 
@@ -373,6 +426,8 @@ METHOD = Method(
     summary="expert (non-toxic) minus the deficiency of an anti-expert (toxic) LoRA, row by row",
     train="trustedit.safety.ext_sub:job_train",
     variants=("expert", "negation"),
+    fit_sweep=fit_sweep,
+    budget_grid=budget_grid,
 )
 
 NEGATION = Method(
@@ -383,4 +438,6 @@ NEGATION = Method(
     summary="expert (non-toxic) minus the whole anti-expert (toxic) LoRA update",
     train="trustedit.safety.ext_sub:job_train",
     variants=("expert", "ext-sub"),
+    fit_sweep=fit_sweep,
+    budget_grid=budget_grid,
 )

@@ -125,6 +125,11 @@ def _add_job_parser(sub, spec) -> None:
     if any(m in ("ext-sub", "negation") for m in spec.methods):
         g.add_argument("--no-baselines", action="store_true", help="skip the side-by-side variants of the same fit "
                                                                    "(the expert alone, the other combination)")
+    if any(m in ("ext-sub", "negation", "profs") for m in spec.methods):
+        g.add_argument("--max-ppl-increase", type=float, default=None, metavar="F",
+                       help="fluency budget: choose the method's strength (ext-sub/negation: λ and scale; profs: k and "
+                            "layers) on held-out RTP prompts so that the continuations' perplexity rises by at most F "
+                            "(0.10 = +10 %%) under the base model and the --ppl-judge model")
     if "dinm" in spec.methods:
         g.add_argument("--sequential", action="store_true", help="per-instance methods: keep every edit and save their "
                                                                  "sum as patch/ (default: edit -> evaluate -> revert)")
@@ -333,7 +338,8 @@ def job_plan(args):
         suites = list(spec.suites_for(method, args.dataset))
     return plan(spec, opts, method, suites=suites, suite_values=values, explicit=set(values),
                 baselines=not getattr(args, "no_baselines", False), sequential=getattr(args, "sequential", False),
-                sweep=sweep, task=("debias-sweep" if sweep else None))
+                sweep=sweep, task=("debias-sweep" if sweep else None),
+                max_ppl_increase=getattr(args, "max_ppl_increase", None))
 
 
 def eval_plan(args):

@@ -79,6 +79,7 @@ class Plan:
     sweep: list | None = None  # [(label, Method, cfg)] for a sweep
     instance_suite: str | None = None
     patch_in: str | None = None  # eval --patch: a saved patch applied before measuring
+    budget: float | None = None  # --max-ppl-increase: the method's strength is chosen on held-out prompts
 
     @property
     def protocol(self) -> str:
@@ -93,7 +94,7 @@ class Plan:
 
 def plan(spec=None, opts: JobOptions | None = None, method: str | None = None, *, suites=None, suite_values=None,
          explicit=(), baselines: bool = True, sequential: bool = False, sweep=None, task: str | None = None,
-         patch: str | None = None) -> Plan:
+         patch: str | None = None, max_ppl_increase: float | None = None) -> Plan:
     """Resolve a job: its suites (groups expanded) with their options, its method and config (built
     and validated here, before any model pass), and check that every option applies.
 
@@ -173,8 +174,29 @@ def plan(spec=None, opts: JobOptions | None = None, method: str | None = None, *
     task = task or (spec.name if spec is not None else "eval")
     if patch is not None and m is not None:
         raise UsageError("--patch applies to eval (a saved edit measured against its base model)")
+    if max_ppl_increase is not None:
+        check_budget(max_ppl_increase, m, names, sweep, sopts)
     return Plan(task, opts, objs, sopts, frozenset(explicit), m, cfg, spec, baselines, sequential, points,
-                instance_suite, patch)
+                instance_suite, patch, max_ppl_increase)
+
+
+def check_budget(value, m, names, sweep, sopts) -> None:
+    """``--max-ppl-increase``: a finite fraction > 0, for a method with a strength to choose, on a
+    job that measures RTP (whose held-out prompts the search reads)."""
+    import math
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise UsageError(f"--max-ppl-increase {value!r}: expected a fraction > 0 (0.10 = at most +10 %)")
+    if m is None or m.budget_grid is None:
+        with_budget = "ext-sub, negation, profs"
+        raise UsageError(f"--max-ppl-increase applies to methods with a strength to choose ({with_budget}), not to "
+                         f"{m.name if m else 'an evaluation'}")
+    if sweep is not None:
+        raise UsageError("--max-ppl-increase chooses one strength; it does not combine with --sweep")
+    if "rtp" not in names:
+        raise UsageError("--max-ppl-increase measures the continuations of held-out RTP prompts: keep the rtp suite")
+    if sopts["rtp"].validation_prompts < 1:
+        raise UsageError("--max-ppl-increase needs held-out RTP prompts: --validation-prompts must be > 0")
 
 
 # ---- running ----------------------------------------------------------------------------------
@@ -338,7 +360,7 @@ def run(p: Plan) -> dict:
 
     base, cache_info, known = base_passes(p, lm, items, timer)
 
-    post, variants, patch, train, edits, points = None, {}, None, None, None, None
+    post, variants, patch, train, edits, points, budget = None, {}, None, None, None, None, None
     if p.sweep is not None:
         points = _sweep(p, lm, items, base, job, timer, ctx)
     elif patch_in is not None:
@@ -351,8 +373,13 @@ def run(p: Plan) -> dict:
     elif p.method is not None and p.method.protocol == "whole":
         with timer("train_data"):
             train = build_train(p.method, lm, job)
-        with timer("edit"):
-            patch = p.method.fit(lm, train, p.cfg, stages=timer)
+        if p.budget is not None:
+            from trustedit.budget import search
+
+            patch, budget = search(p, lm, items, train, timer, ctx, measure)
+        else:
+            with timer("edit"):
+                patch = p.method.fit(lm, train, p.cfg, stages=timer)
         patch.apply(lm.model)
         try:
             with timer("post_eval"):
@@ -406,6 +433,8 @@ def run(p: Plan) -> dict:
         results["edits"] = edits
     if points is not None:
         results["points"] = points
+    if budget is not None:
+        results["budget"] = budget
     if patch_in is not None:
         results["patch_in"] = {"path": str(p.patch_in), "method": patch_in.method,
                                "base_model": patch_in.manifest.get("base_model")}

@@ -63,13 +63,16 @@ JOBS: dict[str, JobSpec] = {
                     "results.json, samples.jsonl, summary.md and patch/.",
         sweep_plot=("retention/wikitext/ppl", ["dama-gender/a_s", "dama-gender/a_f"])),
     "detox": JobSpec(
-        "detox", "cut toxic output (Ext-Sub, negation on RealToxicityPrompts; DINM on SafeEdit)",
-        methods=("ext-sub", "negation", "dinm"), suites=("toxicity", "retention"),
+        "detox", "cut toxic output (Ext-Sub, negation, ProFS on RealToxicityPrompts; DINM on SafeEdit)",
+        methods=("ext-sub", "negation", "profs", "dinm"), suites=("toxicity", "retention"),
         method_suites={"dinm": ("safeedit",)},
         links={"safeedit": {"system_suffix": "system_suffix", "max_length": "max_length"}},
         description="ext-sub / negation: train an expert (non-toxic) and an anti-expert (toxic) LoRA, combine them, "
                     "and compare base and edited models on RealToxicityPrompts, Ext-Sub's protocol and retention "
-                    "(with the other combinations of the same adapters side by side). dinm: edit each SafeEdit "
+                    "(with the other combinations of the same adapters side by side). profs: project a toxic subspace "
+                    "found from ParaDetox pairs out of the upper MLP value weights (training-free). "
+                    "--max-ppl-increase F picks each method's strength on held-out RTP prompts so that the continuations' "
+                    "perplexity rises by at most F under every judge. dinm: edit each SafeEdit "
                     "instance's toxic layer and report defence success, generalisation and locality. Writes "
                     "results.json, samples.jsonl, summary.md and patch/."),
 }

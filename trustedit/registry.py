@@ -20,6 +20,7 @@ METHODS: dict[str, str] = {
     "ext-sub": "trustedit.safety.ext_sub:METHOD",
     "negation": "trustedit.safety.ext_sub:NEGATION",
     "dinm": "trustedit.safety.dinm:METHOD",
+    "profs": "trustedit.safety.profs:METHOD",
 }
 
 # Evaluation suites (trustedit/suites/, one file each): name -> the Suite object.

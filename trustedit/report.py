@@ -168,12 +168,45 @@ def summary(r: dict) -> str:
             lines += _resolution(s, ms)
     if r.get("variants"):
         lines += _variants_table(r)
+    if r.get("budget"):
+        lines += _budget_table(r["budget"])
     files = "`results.json` (everything above, with resolved config, data fingerprints and versions), " \
             "`samples.jsonl` (per-item outputs before and after)"
     if r.get("patch"):
         files += ", `patch/` (apply, revert or export with `trustedit patch`)"
     lines += [f"Files: {files}.", ""]
     return "\n".join(lines)
+
+
+def _budget_table(b: dict) -> list[str]:
+    """The fluency-budget search: every candidate's validation figures and the choice."""
+    judges = " and ".join(b.get("judges", []))
+    v = b.get("validation", {})
+    head = (f"## Fluency budget: continuation perplexity at most +{100 * b['max_ppl_increase']:.0f} % under {judges}",
+            "", f"Chosen on {v.get('prompts')} held-out RTP prompts (k = {v.get('k')}), none of them reported above. "
+            f"Rule: {b.get('rule')}.", "")
+    base = b.get("base", {})
+    rows = ["| edit | strength | TP | EMT | ppl (base model) | ppl (judge) | chosen |", "|---|---|---|---|---|---|---|",
+            f"| base model | – | {base.get('toxicity_probability', float('nan')):.3f} | "
+            f"{base.get('expected_max_toxicity', float('nan')):.3f} | {base.get('continuation_ppl', float('nan')):.2f} | "
+            f"{_fmt_opt(base.get('continuation_ppl_judge'))} | |"]
+    for c in b.get("candidates", []):
+        f, inc = c["figures"], c["increase"]
+        ppl = f"{f.get('continuation_ppl', float('nan')):.2f} ({100 * inc.get('continuation_ppl', float('nan')):+.1f} %)"
+        jp = f.get("continuation_ppl_judge")
+        judge = "–" if jp is None else f"{jp:.2f} ({100 * inc.get('continuation_ppl_judge', float('nan')):+.1f} %)"
+        mark = ""
+        if c.get("chosen"):
+            mark = "**yes**" if b["chosen"][c["edit"]]["met"] else "closest (budget not met)"
+        rows.append(f"| {c['edit']} | {c['label']} | {f.get('toxicity_probability', float('nan')):.3f} | "
+                    f"{f.get('expected_max_toxicity', float('nan')):.3f} | {ppl} | {judge} | {mark} |")
+    tail = [] if b.get("met") else ["", "**No candidate of " + ", ".join(k for k, x in b["chosen"].items() if not x["met"])
+                                    + " met the budget**: the one with the smallest increase is reported."]
+    return [*head, *rows, *tail, ""]
+
+
+def _fmt_opt(x) -> str:
+    return "–" if x is None else f"{x:.2f}"
 
 
 def _verdicts(r: dict) -> list[str]:

@@ -254,5 +254,19 @@ def select_rtp(prompts: Sequence[RTPPrompt], n: int | None, seed: int = 0, mode:
     return pool if n is None else pool[:n]
 
 
+def validation_rtp(prompts: Sequence[RTPPrompt], reported, n: int, seed: int = 0) -> list[RTPPrompt]:
+    """The ``n`` prompts a fluency-budget search may read: the next ones in toxic-first order after
+    the ``reported`` prompts (ids, or prompts), never one of them. Deterministic, like
+    :func:`select_rtp`; the ``ids`` of the reported sets fix the result."""
+    skip = {getattr(r, "id", r) for r in reported}
+    if n == 0:
+        return []
+    order = select_rtp(prompts, None, seed, "toxic-first")
+    out = [p for p in order if p.id not in skip][:n]
+    if len(out) < n:
+        raise UsageError(f"asked for {n} RTP validation prompts, only {len(out)} are not reported")
+    return out
+
+
 __all__ = ["LabelledText", "ParaPair", "RTPPrompt", "ToxicityData", "fingerprint", "file_sha256", "load_jigsaw",
-           "load_paradetox", "load_rtp", "normalize_text", "select_rtp"]
+           "load_paradetox", "load_rtp", "normalize_text", "select_rtp", "validation_rtp"]

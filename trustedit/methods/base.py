@@ -448,7 +448,7 @@ class Method:
     ``protocol``: ``whole`` (one patch for the whole training set) or ``per_instance`` (one patch
     per evaluated instance: ``train`` is the instance; see :mod:`trustedit.job`). ``fit_sweep``:
     optional ``fit_sweep(lm, train, cfgs, stages=None)`` yielding one patch per config while
-    sharing the work the configs have in common (used by sweeps)."""
+    sharing the work the configs have in common (used by sweeps and budget searches)."""
 
     name: str
     config: type
@@ -459,6 +459,9 @@ class Method:
     train: str | None = None
     fit_sweep: object = None
     variants: tuple = ()  # side-by-side variants its patch carries (``patch.variants``), e.g. the expert alone
+    # ``budget_grid(cfg) -> [(label, {option: value})]``: the strengths a fluency budget
+    # (``--max-ppl-increase``) chooses from; None: the method takes no budget
+    budget_grid: object = None
 
     def __post_init__(self):
         if self.protocol not in PROTOCOLS:

@@ -30,6 +30,10 @@ class RTPOptions(SuiteOptions):
     top_p: float = opt(0.9, "RTP: nucleus p.", check=unit_interval(lo_open=True))
     temperature: float = opt(1.0, "RTP: sampling temperature.", check=positive_float)
     prompts_per_batch: int = opt(8, "RTP: prompts per sampling batch (each repeated k times).", check=pos_int)
+    ppl_judge: str = opt("gemma3-270m", "RTP: a second model that judges the continuations' fluency (their perplexity under it, "
+                                        "re-tokenised with its tokenizer), besides the base model; 'none': the base model only.")
+    validation_prompts: int = opt(50, "RTP: prompts held out for a fluency-budget search (--max-ppl-increase): the next toxic-first "
+                                      "prompts after every reported one; never reported, never trained on.", check=nonneg_int)
 
 
 def scorer_for(opts, ctx):
@@ -42,6 +46,38 @@ def scorer_for(opts, ctx):
 
 def describe_scorer(opts, scorer) -> dict:
     return {**scorer.describe(), "name": opts.scorer, "version": scorer.version, "kind": getattr(scorer, "kind", "toxicity")}
+
+
+def judge_for(opts, ctx):
+    """The job's second fluency judge (loaded once), or None."""
+    if not opts.ppl_judge or opts.ppl_judge == "none":
+        return None
+
+    def load():
+        from trustedit.errors import TrusteditError
+        from trustedit.models import load_model
+
+        try:
+            return load_model(opts.ppl_judge, ctx.device)
+        except TrusteditError as e:
+            raise TrusteditError(f"--ppl-judge {opts.ppl_judge}: {e} (--ppl-judge none reports the base model's perplexity only)") from None
+
+    return ctx.resource(f"judge:{opts.ppl_judge}", load)
+
+
+def judge_nll(judge, prompts: list[str], continuations: list[str], batch_size: int = 32):
+    """``(sum NLL, tokens)`` of each continuation text under ``judge`` (a loaded model) after its
+    prompt text: the prompt in the judge's plain format (its BOS policy), the continuation
+    tokenised on its own without special tokens and appended."""
+    from trustedit.metrics.fluency import continuation_nll
+
+    fmt = plain_format()
+    tok = judge.tokenizer
+    p_ids = {p: fmt.prompt_ids(tok, p) for p in dict.fromkeys(prompts)}
+    c_ids = [tok(c, add_special_tokens=False)["input_ids"] if c else [] for c in continuations]
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    return continuation_nll(judge.model, [p_ids[p] for p in prompts], c_ids, pad_id=pad, batch_size=batch_size,
+                            desc="continuation perplexity (judge)")
 
 
 def plain_format():
@@ -57,7 +93,8 @@ class RTPSuite(Suite):
     summary = "RealToxicityPrompts: toxicity of sampled continuations (EMT, toxicity probability), their fluency"
     citation = "Gehman et al. 2020 (RealToxicityPrompts); Liu et al. 2021 (DExperts); Lu et al. 2022 (Quark split)"
     headline = tuple(f"{s}/{m}" for s in SETS for m in ("expected_max_toxicity", "toxicity_probability",
-                                                        "continuation_ppl", "dist-1", "dist-2", "dist-3"))
+                                                        "continuation_ppl", "continuation_ppl_judge", "dist-1", "dist-2",
+                                                        "dist-3"))
 
     def load(self, opts, ctx):
         from trustedit.data.toxicity import load_rtp, select_rtp
@@ -72,18 +109,44 @@ class RTPSuite(Suite):
             sets["toxic"] = select_rtp(data, n_tox, ctx.seed, "toxic-first")
         if n_rand:
             sets["random"] = select_rtp(data, n_rand, ctx.seed, "random")
+        from trustedit.data.toxicity import validation_rtp
+
+        reported = {p.id for v in sets.values() for p in v}
+        validation = validation_rtp(data, reported, opts.validation_prompts, ctx.seed)
         info = {"name": "realtoxicityprompts", "source": data.describe(),
                 "sets": {s: {"prompts": len(v), "ids_first": [p.id for p in v[:5]],
                              "challenging": sum(p.challenging for p in v)} for s, v in sets.items()}}
         fp = data.fingerprint + "#" + __import__("hashlib").sha256(
             repr({s: [p.id for p in v] for s, v in sets.items()}).encode()).hexdigest()[:16]
-        return Items(self.name, {"sets": sets, "seed": ctx.seed}, fp, info, opts)
+        info["validation"] = {"prompts": len(validation), "ids_first": [p.id for p in validation[:5]],
+                              "rule": "next toxic-first prompts after the reported ones; read only by a budget search"}
+        return Items(self.name, {"sets": sets, "seed": ctx.seed, "validation": validation}, fp, info, opts)
 
     def run_info(self, items, ctx):
-        return {"scorer": describe_scorer(items.opts, scorer_for(items.opts, ctx))}
+        info = {"scorer": describe_scorer(items.opts, scorer_for(items.opts, ctx))}
+        judge = judge_for(items.opts, ctx)
+        if judge is not None:
+            info["ppl_judge"] = {"name": items.opts.ppl_judge, "fingerprint": judge.fingerprint,
+                                 "model_type": judge.model.config.model_type}
+        return info
 
     def setup(self, items, ctx):
         scorer_for(items.opts, ctx).score(["hello"])  # loads (or trains) now: a missing scorer fails before any pass
+        judge_for(items.opts, ctx)  # and so does a missing fluency judge
+
+    def validation_items(self, items):
+        """The held-out prompts of a fluency-budget search (:func:`trustedit.data.toxicity.validation_rtp`)
+        as items of their own (set ``validation``); never one of the reported prompts."""
+        from trustedit.suites.base import Items, digest
+
+        val = items.data["validation"]
+        if not val:
+            from trustedit.errors import UsageError
+
+            raise UsageError("--max-ppl-increase needs held-out RTP prompts: --validation-prompts must be > 0")
+        info = {"name": "realtoxicityprompts (validation)", "prompts": len(val), "ids": [p.id for p in val]}
+        return Items(self.name, {"sets": {"validation": val}, "seed": items.data["seed"], "validation": []},
+                     items.fingerprint + "#validation:" + digest([p.id for p in val]), info, items.opts)
 
     def _prompts(self, lm, items):
         key = ("prompts", id(lm.tokenizer))
@@ -128,10 +191,9 @@ class RTPSuite(Suite):
         kind = getattr(scorer, "kind", "toxicity")
         pad = ctx.lm.tokenizer.pad_token_id if ctx.lm.tokenizer.pad_token_id is not None else 0
         prompts = self._prompts(ctx.lm, items)
+        judge = judge_for(items.opts, ctx)
         scores = {}
-        for s in SETS:
-            if s not in raw:
-                continue
+        for s in raw:
             g = raw[s]
             flat = [t for row in g["texts"] for t in row]
             vals = scorer.score(flat)
@@ -145,6 +207,14 @@ class RTPSuite(Suite):
             scores[f"{s}/continuation_ppl"] = perplexity_score(
                 nll, k, f"perplexity of the sampled continuations under the base model (teacher-forced after the prompt), "
                         f"pooled over {k} samples x {len(table)} prompts")
+            if judge is not None:
+                texts = [p.text for p in items.data["sets"][s]]
+                jn = judge_nll(judge, [t for t in texts for _ in range(k)], flat, batch_size=ctx.batch_size * 2)
+                scores[f"{s}/continuation_ppl_judge"] = perplexity_score(
+                    jn, k, f"perplexity of the sampled continuations under {items.opts.ppl_judge} (a second judge, not the "
+                           f"base model; prompt and continuation text re-tokenised with its tokenizer), pooled over {k} "
+                           f"samples x {len(table)} prompts")
+                scores[f"{s}/continuation_ppl_judge"].name = "continuation_ppl_judge"
             for n in (1, 2, 3):
                 d = T.distinct_n_dexperts(g["texts"], n)
                 scores[f"{s}/{d.name}"] = d
