@@ -29,9 +29,12 @@ Deviations from the reference code (github.com/Uppaal/detox-edit), each delibera
   names; the paper's pairs are GPT-2 generations with and without a PPLM toxic steer, not available
   offline. Both sides are detokenised and sentence-cased (``normalize_text``, as Ext-Sub's) so that
   the pairs differ by toxicity, not by typography.
-* **Padding**: the reference averages hidden states over every position, padding included; we
-  average over the sentence's own tokens only (the attention mask), and leave out a BOS token
-  (its state is the same for every sentence and would only add a length-dependent offset).
+* **Padding and the first position**: the reference averages hidden states over every position,
+  padding included; we average over the sentence's own tokens only (the attention mask) and leave
+  out its first position. That position is the attention sink (a BOS token, or the first word when
+  the tokenizer adds none, as SmolLM2's): its state carries massive activations (SmolLM2 layer 20:
+  dimension 507 at ~2,600 against a typical ~1), and its weight 1/length in the mean made sentence
+  length, not toxicity, the top singular direction: projecting it out raised perplexity 20-fold.
 * **Centring direction**: the paper projects out the mean ``μ`` of the non-toxic embeddings; the
   reference code uses the top right singular vector of the uncentred non-toxic matrix, which is
   nearly the same direction when the mean dominates. We follow the paper.
@@ -60,6 +63,9 @@ class ProFSConfig(MethodConfig):
                      ge=2)
     centre: bool = opt(True, "Project the mean non-toxic embedding out of the differences before the SVD (the paper's centring; "
                              "false: the ablation).")
+    centre_directions: int = opt(1, "Shared directions projected out when centring: 1 = the mean (the paper); n > 1 adds the top n − 1 "
+                                    "principal directions of the non-toxic embeddings (on SmolLM2 the outlier dimensions of the "
+                                    "residual stream otherwise dominate the differences; RESULTS §15).", ge=1)
     normalize_text: bool = opt(True, "Detokenise and sentence-case both sides of every pair (ParaDetox's toxic side ships lower-cased).")
     max_length: int = opt(128, "Tokens per sentence at most (the reference: 128).", ge=2)
     batch_size: int = opt(32, "Sentences per forward pass.", ge=1)
@@ -113,7 +119,6 @@ def sentence_embeddings(lm, texts, layers, max_length: int = 128, batch_size: in
     model, tok = lm.model, lm.tokenizer
     fmt = PromptFormat(chat=False, plain_template="{question}")
     seqs = [fmt.prompt_ids(tok, t)[:max_length] for t in texts]
-    bos = getattr(tok, "bos_token_id", None)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     names = {L: arch.layer_path(model, L, "").rstrip(".") for L in layers}
     out = {L: [] for L in layers}
@@ -126,7 +131,7 @@ def sentence_embeddings(lm, texts, layers, max_length: int = 128, batch_size: in
             ids, mask = pad_right([seqs[i] for i in idx], pad)
             keep = mask.clone().float()
             for r, i in enumerate(idx):
-                if bos is not None and len(seqs[i]) > 1 and seqs[i][0] == bos:
+                if len(seqs[i]) > 1:  # the first position (BOS, or the first word): the attention sink
                     keep[r, 0] = 0.0
             model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
             w = (keep / keep.sum(1, keepdim=True).clamp_min(1.0))[..., None]
@@ -146,20 +151,36 @@ def sentence_embeddings(lm, texts, layers, max_length: int = 128, batch_size: in
 # ---- step 2-4: the toxic subspace -----------------------------------------------------------------
 
 
-def toxic_basis(X_toxic, X_clean, rank: int, centre: bool = True):
+def shared_directions(X_clean, n: int = 1):
+    """Orthonormal ``(D, n)``: the mean direction of the non-toxic embeddings, then the top ``n − 1``
+    principal directions of their variation (what every sentence shares, not what makes it toxic)."""
+    import torch
+
+    Xc = X_clean.double()
+    mu = Xc.mean(0)
+    cols = [mu / mu.norm().clamp_min(1e-30)]
+    if n > 1:
+        _, _, Vh = torch.linalg.svd(Xc - Xc.mean(0), full_matrices=False)
+        cols += [Vh[i] for i in range(min(n - 1, Vh.shape[0]))]
+    Q, _ = torch.linalg.qr(torch.stack(cols, 1))
+    return Q
+
+
+def toxic_basis(X_toxic, X_clean, rank: int, centre: bool = True, centre_directions: int = 1):
     """``(Q, record)``: ``Q`` (D, k) orthonormal, the top right singular vectors of the (centred)
     half-differences ``(X_clean − X_toxic) / 2``; ``record`` has the singular values and the share
-    of the differences' energy that ``Q`` spans."""
+    of the differences' energy that ``Q`` spans. Centring projects :func:`shared_directions` out of
+    the differences (``centre_directions`` = 1: the paper's mean direction)."""
     import torch
 
     Xc, Xt = X_clean.double(), X_toxic.double()
     T = (Xc - Xt) / 2
     rec = {"centred": bool(centre)}
     if centre:
-        mu = Xc.mean(0)
-        mu = mu / mu.norm().clamp_min(1e-30)
-        rec["mean_direction_share"] = float((T @ mu).norm() ** 2 / (T.norm() ** 2).clamp_min(1e-30))
-        T = T - torch.outer(T @ mu, mu)
+        S = shared_directions(Xc, centre_directions)
+        rec["mean_direction_share"] = float((T @ S[:, 0]).norm() ** 2 / (T.norm() ** 2).clamp_min(1e-30))
+        rec["centre_directions"] = S.shape[1]
+        T = T - (T @ S) @ S.t()
     _, S, Vh = torch.linalg.svd(T, full_matrices=False)
     k = min(int(rank), Vh.shape[0])
     Q = Vh[:k].t().float().contiguous()
@@ -221,10 +242,11 @@ def project(lm, Xt, Xc, cfg: ProFSConfig, layers, timer=None):
     deltas, per_layer = {}, {}
     for L in layers:
         with timer("project"):
-            Q, rec = toxic_basis(Xt[L], Xc[L], cfg.rank, cfg.centre)
+            Q, rec = toxic_basis(Xt[L], Xc[L], cfg.rank, cfg.centre, cfg.centre_directions)
             name = arch.layer_path(model, L, spec.down) + ".weight"
             deltas[name] = projection_delta(params[name], Q, spec.conv1d)
         rec["tokens"] = direction_tokens(lm, Q[:, 0])
+        rec["top_dimensions"] = [int(i) for i in Q[:, 0].abs().topk(min(3, Q.shape[0])).indices]
         per_layer[str(L)] = rec
     return deltas, per_layer
 
@@ -264,7 +286,7 @@ def fit(lm, data=None, cfg: ProFSConfig | None = None, stages=None):
     return _patch(lm, cfg, layers, deltas, per_layer, prov, timer.seconds, time.time() - t0)
 
 
-SWEEPABLE = ("first_layer", "last_layer", "rank", "centre")
+SWEEPABLE = ("first_layer", "last_layer", "rank", "centre", "centre_directions")
 
 
 def fit_sweep(lm, data, cfgs, stages=None):
@@ -300,12 +322,14 @@ def fit_sweep(lm, data, cfgs, stages=None):
 
 
 def budget_grid(cfg: ProFSConfig) -> list[tuple[str, dict]]:
-    """Strengths a fluency budget chooses from (``--max-ppl-increase``): the rank k and the first
-    edited layer, strongest first."""
+    """Strengths a fluency budget chooses from (``--max-ppl-increase``): the rank k, the first edited
+    layer and the shared directions removed by centring (1: the paper's; 2: also the top principal
+    direction, which keeps the residual stream's outlier dimensions out of the subspace)."""
     out = []
-    for first in (0.42, 0.66):
-        for k in (4, 2, 1):
-            out.append((f"k={k} layers={first}:top", {"rank": k, "first_layer": first}))
+    for c in (1, 2):
+        for first in (0.42, 0.66):
+            for k in (2, 1):
+                out.append((f"k={k} layers={first}:top centre={c}", {"rank": k, "first_layer": first, "centre_directions": c}))
     return out
 
 

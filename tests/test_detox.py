@@ -106,8 +106,8 @@ def test_eval_then_detox_write_the_standard_run_directories(tmp_path, tiny, llam
     emt = sum(max(s["score"] for s in x["post"]) for x in tox_rows) / 3
     assert emt == pytest.approx(m["post"]["value"], abs=1e-3)
     assert "## Side by side" in (out / "summary.md").read_text()
-    # every RTP prompt the job evaluates is left out of the training text
-    assert res["training_data"]["excluded_rtp_prompts"] == 5
+    # every RTP prompt the job evaluates, and the 50 held out for a budget search, is left out of the training text
+    assert res["training_data"]["excluded_rtp_prompts"] == 5 + 50
     # the job left the patch applied; the saved patch on a fresh base gives the same weights
     fresh = llama_factory()
     Patch.load(out / "patch").apply(fresh.model)

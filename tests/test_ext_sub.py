@@ -145,8 +145,8 @@ def test_continuation_pairs_take_explicit_prompt_continuation_pairs(tiny_llama):
 @pytest.mark.skipif(not __import__("os").environ.get("TRUSTEDIT_DATA_DIR"), reason="TRUSTEDIT_DATA_DIR not set")
 def test_fit_through_the_api_leaves_out_the_evaluated_prompts(tiny_llama, monkeypatch):
     """ext_sub.fit(lm) without data trains on RTP text minus the prompts the RTP suites evaluate at
-    their default sizes (before, only the job left them out)."""
-    from trustedit.data.toxicity import load_rtp, select_rtp
+    their default sizes, and the prompts held out for a budget search (before, only the job left them out)."""
+    from trustedit.data.toxicity import load_rtp, select_rtp, validation_rtp
 
     seen = {}
 
@@ -159,4 +159,6 @@ def test_fit_through_the_api_leaves_out_the_evaluated_prompts(tiny_llama, monkey
         E.fit(tiny_llama, None, E.ExtSubConfig(seed=3))
     data = load_rtp()
     expect = {p.id for p in select_rtp(data, 200, 3, "toxic-first")} | {p.id for p in select_rtp(data, 100, 3, "random")}
-    assert seen["exclude"] == expect and len(expect) > 250
+    held_out = {p.id for p in validation_rtp(data, expect, 50, 3)}
+    assert len(held_out) == 50 and not held_out & expect
+    assert seen["exclude"] == expect | held_out and len(expect) > 250

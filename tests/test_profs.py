@@ -109,7 +109,20 @@ def test_fit_sweep_shares_the_embeddings_and_equals_fit(llama_factory):
                 assert torch.allclose(p.deltas[n].tensors[k], q.deltas[n].tensors[k], atol=1e-5)
 
 
-def test_embeddings_ignore_padding_and_bos(llama_factory):
+def test_more_centre_directions_remove_a_second_shared_direction():
+    Xt, Xc, u, t = _planted()
+    g = torch.Generator().manual_seed(1)
+    w = torch.zeros(16)
+    w[2] = 1.0
+    c = 30 * torch.randn(Xt.shape[0], 1, generator=g)  # a second shared direction, varying per pair, larger than t
+    Xt2, Xc2 = Xt + c * w, Xc + (c + 3 * torch.randn(Xt.shape[0], 1, generator=g)) * w
+    Q1, _ = toxic_basis(Xt2, Xc2, rank=1, centre=True, centre_directions=1)
+    Q2, rec = toxic_basis(Xt2, Xc2, rank=1, centre=True, centre_directions=2)
+    assert abs(float(Q1[:, 0] @ w)) > 0.9  # the mean alone leaves the second shared direction in
+    assert abs(float(Q2[:, 0] @ t)) > 0.99 and rec["centre_directions"] == 2
+
+
+def test_embeddings_ignore_padding_and_the_first_position(llama_factory):
     from trustedit.safety.profs import sentence_embeddings
 
     lm = llama_factory(layers=2)
@@ -201,9 +214,9 @@ def test_budget_search_reads_only_held_out_prompts(tmp_path, monkeypatch, llama_
     reported = {tuple(fmt.prompt_ids(lm.tokenizer, by_id[i].text)) for s in ("toxic", "random")
                 for i in rtp_items["sets"][s]["ids_first"]}
     assert reported <= set(seen["outside"]) and not reported & set(seen["search"])
-    assert len(b["candidates"]) == 6 and sum(bool(c.get("chosen")) for c in b["candidates"]) == 1
+    assert len(b["candidates"]) == 8 and sum(bool(c.get("chosen")) for c in b["candidates"]) == 1
     chosen = b["chosen"]["profs"]
-    assert {"rank", "first_layer"} == set(chosen["options"])
+    assert {"rank", "first_layer", "centre_directions"} == set(chosen["options"])
     assert res["method"]["config"]["rank"] == chosen["options"]["rank"]  # the results record the chosen strength
     assert "## Fluency budget" in (tmp_path / "run" / "summary.md").read_text()
     assert json.loads((tmp_path / "run" / "results.json").read_text())["budget"]["met"] == b["met"]
