@@ -64,7 +64,7 @@ def judge_ppl(run: Path, columns, judge) -> dict:
     """Pooled perplexity under ``judge`` of each column's continuations (``pre`` = the base model)."""
     from trustedit.suites.rtp import judge_nll
 
-    rows = [json.loads(x) for x in (run / "samples.jsonl").read_text().splitlines()]
+    rows = [json.loads(x) for x in (run / "samples.jsonl").read_text(encoding="utf-8").split("\n") if x.strip()]
     rows = [x for x in rows if x.get("suite") == "rtp" and x.get("set") == SET]
     out = {}
     for col in columns:
@@ -159,15 +159,24 @@ def main(argv=None):
     from trustedit.models import load_model
 
     judge = load_model(args.judge, "cpu")
-    rows = []
+    rows, checked = [], False
     for run in map(Path, args.runs):
         rs = load_rows(run)
-        jp = judge_ppl(run, ["pre", *[r["column"] for r in rs]], judge)
+        recorded = all(r["ppl_judge_recorded"] is not None for r in rs)
+        # a run that recorded the judge is taken as recorded, after one cross-check of its base column
+        cols = ["pre"] if recorded and not checked else [] if recorded else ["pre", *[r["column"] for r in rs]]
+        jp = judge_ppl(run, cols, judge) if cols else {}
         for r in rs:
-            r["ppl_judge"], r["base_ppl_judge"] = jp[r["column"]], jp["pre"]
-            if r["ppl_judge_recorded"] is not None and abs(r["ppl_judge_recorded"] - r["ppl_judge"]) > 1e-3 * r["ppl_judge"]:
-                raise SystemExit(f"{run}: {r['edit']}: the judge's perplexity recorded by the run ({r['ppl_judge_recorded']:.4f}) "
-                                 f"differs from the recomputed one ({r['ppl_judge']:.4f})")
+            if recorded:
+                r["ppl_judge"], r["base_ppl_judge"] = r["ppl_judge_recorded"], r["base_ppl_judge_recorded"]
+                if "pre" in jp and abs(jp["pre"] - r["base_ppl_judge"]) > 1e-3 * r["base_ppl_judge"]:
+                    raise SystemExit(f"{run}: the judge's perplexity recorded by the run ({r['base_ppl_judge']:.4f}) "
+                                     f"differs from the recomputed one ({jp['pre']:.4f})")
+            else:
+                r["ppl_judge"], r["base_ppl_judge"] = jp[r["column"]], jp["pre"]
+        if "pre" in jp and recorded:
+            checked = True
+            print(f"cross-check {run}: base model under the judge, recorded {rs[0]['base_ppl_judge']:.4f}, recomputed {jp['pre']:.4f}")
         rows += rs
     base = {(r["base_emt"], r["base_tp"]) for r in rows}
     if len(base) != 1:

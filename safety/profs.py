@@ -106,9 +106,11 @@ class ProFSTrain:
 # ---- step 1: sentence embeddings --------------------------------------------------------------------
 
 
-def sentence_embeddings(lm, texts, layers, max_length: int = 128, batch_size: int = 32, desc: str = "profs: embed"):
+def sentence_embeddings(lm, texts, layers, max_length: int = 128, batch_size: int = 32, desc: str = "profs: embed",
+                        first_position: bool = False):
     """``{layer: (N, D)}``: each text's mean residual stream after block ``layer`` over its own
-    tokens (no padding, no BOS), fp32 on the CPU."""
+    tokens (no padding; the first position, the attention sink, only with ``first_position``, as
+    the reference code), fp32 on the CPU."""
     import torch
     from tqdm.auto import tqdm
 
@@ -131,7 +133,7 @@ def sentence_embeddings(lm, texts, layers, max_length: int = 128, batch_size: in
             ids, mask = pad_right([seqs[i] for i in idx], pad)
             keep = mask.clone().float()
             for r, i in enumerate(idx):
-                if len(seqs[i]) > 1:  # the first position (BOS, or the first word): the attention sink
+                if len(seqs[i]) > 1 and not first_position:  # the first position (BOS, or the first word): the sink
                     keep[r, 0] = 0.0
             model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
             w = (keep / keep.sum(1, keepdim=True).clamp_min(1.0))[..., None]
