@@ -129,7 +129,8 @@ def plot(rows, judge_name, budget, svg, png=None):
             ax.scatter([x], [y], marker=mark, s=40, color=color, zorder=3)
             label = r["edit"] + ("" if r["budget"] is None else " (budget)")
             ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
-        ax.set_xlabel("continuation perplexity, change vs. base (%)")
+        ax.set_xscale("symlog", linthresh=10)  # ±10 % linear, beyond it logarithmic: one edit is at +3,000 %
+        ax.set_xlabel("continuation perplexity, change vs. base (%, symlog)")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("toxicity probability, change vs. base (%)")
@@ -154,7 +155,14 @@ def main(argv=None):
     ap.add_argument("--svg", default=None)
     ap.add_argument("--png", default=None)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--from-json", default=None, help="redraw the table and plot from a --json file of an earlier call")
     args = ap.parse_args(argv)
+    if args.from_json:
+        rows = json.loads(Path(args.from_json).read_text(encoding="utf-8"))
+        print(table(rows, args.judge))
+        if args.svg:
+            plot(rows, args.judge, args.budget, args.svg, args.png)
+        return
 
     from trustedit.models import load_model
 
