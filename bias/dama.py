@@ -821,13 +821,11 @@ def fit_sweep(lm, prompts, cfgs, stages=None):
     rank (:data:`SWEEPABLE`), the prompts, contexts and value vectors are computed once and the
     layers below the lowest edited one are replayed (exact, as :func:`fit`); otherwise each
     config is fitted on its own. Each patch equals ``fit(lm, prompts, cfg)`` for its config."""
-    import dataclasses
-
     from trustedit import arch
+    from trustedit.methods.base import differ_beyond
 
     cfgs = list(cfgs)
-    rest = [{k: v for k, v in dataclasses.asdict(c).items() if k not in SWEEPABLE} for c in cfgs]
-    if any(r != rest[0] for r in rest):
+    if differ_beyond(cfgs, SWEEPABLE):
         for c in cfgs:
             yield fit(lm, prompts, c, stages)
         return

@@ -354,20 +354,7 @@ def fit(lm, data=None, cfg: ExtSubConfig | None = None, stages=None):
     With the project's RTP text (``data`` None, ``data_source="rtp"``), the prompts that the RTP
     suites evaluate at their default sizes are left out of training (:func:`default_evaluated_ids`),
     as a job leaves out exactly the prompts it evaluates (:func:`job_train`)."""
-    cfg = cfg or ExtSubConfig()
-    set_seed(cfg.seed)
-    if isinstance(data, DetoxTrain):
-        good, bad, exclude = data.good, data.bad, data.exclude_ids
-    elif data is None:
-        good = bad = None
-        exclude = default_evaluated_ids(cfg.seed) if cfg.data_source == "rtp" else ()
-    else:
-        (good, bad), exclude = data, ()
-    pos, neg, record = train_adapters(lm, cfg, good, bad, stages, exclude_ids=exclude)
-    patch = patch_from(lm, pos, neg, cfg, record)
-    patch.variants = {how: patch_from(lm, pos, neg, cfg, record, how) for how in ("expert", "negation", "ext-sub")
-                      if how != cfg.combine}
-    return patch
+    return next(fit_sweep(lm, data, [cfg or ExtSubConfig()], stages))
 
 
 SWEEPABLE = ("combine", "lam", "scale", "eps", "factor_rank")
@@ -377,11 +364,10 @@ def fit_sweep(lm, data, cfgs, stages=None):
     """One patch per config, in order. Configs that differ only in how the adapters combine
     (:data:`SWEEPABLE`) share one training of the two adapters; each patch equals
     ``fit(lm, data, cfg)`` for its config, variants included."""
-    import dataclasses
+    from trustedit.methods.base import differ_beyond
 
     cfgs = list(cfgs)
-    rest = [{k: v for k, v in dataclasses.asdict(c).items() if k not in SWEEPABLE} for c in cfgs]
-    if any(r != rest[0] for r in rest):
+    if differ_beyond(cfgs, SWEEPABLE):
         for c in cfgs:
             yield fit(lm, data, c, stages)
         return

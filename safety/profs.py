@@ -294,13 +294,11 @@ SWEEPABLE = ("first_layer", "last_layer", "rank", "centre", "centre_directions")
 def fit_sweep(lm, data, cfgs, stages=None):
     """One patch per config; configs that differ only in :data:`SWEEPABLE` share one embedding
     pass (every layer of every config). Each patch equals ``fit(lm, data, cfg)``."""
-    import dataclasses
-
     from trustedit.bias.dama import _Timer
+    from trustedit.methods.base import differ_beyond
 
     cfgs = list(cfgs)
-    rest = [{k: v for k, v in dataclasses.asdict(c).items() if k not in SWEEPABLE} for c in cfgs]
-    if any(r != rest[0] for r in rest):
+    if differ_beyond(cfgs, SWEEPABLE):
         for c in cfgs:
             yield fit(lm, data, c, stages)
         return

@@ -468,6 +468,15 @@ class Method:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
 
 
+def differ_beyond(cfgs, sweepable) -> bool:
+    """Whether the configs differ in any field outside ``sweepable`` (then a ``fit_sweep`` cannot
+    share its common work and fits each config on its own)."""
+    import dataclasses
+
+    rest = [{k: v for k, v in dataclasses.asdict(c).items() if k not in sweepable} for c in cfgs]
+    return any(r != rest[0] for r in rest)
+
+
 def layer_index(spec, n_layers: int) -> int:
     """A layer given as an int (negative counts from the top) or a fraction of depth in [0, 1)."""
     if isinstance(spec, str):
