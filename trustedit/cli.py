@@ -196,6 +196,9 @@ def _parser() -> argparse.ArgumentParser:
     _add_suite_flags(au, list(SUITES))
 
     _add_scorers_parser(sub)
+    from trustedit.memorize import add_parser as add_memorize_parser  # torch-free
+
+    add_memorize_parser(sub)
     from trustedit.data.command import add_parser as add_data_parser  # torch-free
 
     add_data_parser(sub)
@@ -498,6 +501,12 @@ def _cmd_gate(args) -> int:
     return run(args)
 
 
+def _cmd_memorize(args) -> int:
+    from trustedit.memorize import run
+
+    return run(args)
+
+
 def _cmd_report(args) -> int:
     from trustedit.htmlreport import run
 
@@ -519,7 +528,8 @@ def main(argv=None) -> int:
         if args.command == "audit":
             return _cmd_audit(args)
         return {"ls": _cmd_ls, "patch": _cmd_patch, "compare": _cmd_compare, "scorers": _cmd_scorers,
-                "data": _cmd_data, "gate": _cmd_gate, "report": _cmd_report}[args.command](args)
+                "data": _cmd_data, "gate": _cmd_gate, "report": _cmd_report,
+                "memorize": _cmd_memorize}[args.command](args)
     except TrusteditError as e:
         print(f"trustedit: error: {e}", file=sys.stderr)
         return e.exit_code

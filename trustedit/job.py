@@ -241,7 +241,7 @@ def prepare(p: Plan, timer):
     from trustedit.suites.base import Context, LoadContext
 
     o = p.opts
-    lctx = LoadContext(o.limit, o.seed, p.explicit)
+    lctx = LoadContext(o.limit, o.seed, p.explicit, o.model)
     ctx = Context(seed=o.seed, batch_size=o.batch_size, device=o.device)
     with timer("load_data"):
         items = {n: s.load(p.suite_opts[n], lctx) for n, s in p.suites.items()}
@@ -316,11 +316,13 @@ def check_lengths(plan: Plan, lm, items: dict) -> None:
 
 def build_train(m, lm, job: Job):
     """The method's training items, from its ``train`` builder (None: the method reads its own data)."""
-    if not m.train:
+    spec = job.plan.spec
+    builder = spec.train if spec is not None and spec.train else m.train
+    if not builder:
         return None
     from trustedit.registry import load_entry
 
-    train = load_entry(m.train)(lm, job)
+    train = load_entry(builder)(lm, job)
     forget, retain = getattr(train, "forget", None), getattr(train, "retain", None)
     if forget is not None:  # token-id pairs: check their length like any evaluation input
         from trustedit.metrics.retention import model_max_length
@@ -599,5 +601,7 @@ def _samples(p, items, base, post, pre_scores, post_scores, variants, var_scores
         if edits is not None and n == p.instance_suite and len(srows) == len(edits):
             for r, e in zip(srows, edits):
                 r["edit"] = e
+        if not p.opts.show_pii:
+            srows = s.mask_private(srows, items[n])
         rows += [{"suite": n, **r} for r in srows]
     return rows

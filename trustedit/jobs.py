@@ -29,6 +29,9 @@ class JobSpec:
     # ``--dataset``: the suite (first of ``datasets``, the default) whose items are edited and measured;
     # another name from ``datasets`` takes its place in the suite list
     datasets: tuple[str, ...] = ()
+    # ``"module:attr"`` of a builder of the training items of every method of this job, in place of
+    # each method's own ``train`` (e.g. ft-m fitted on the privacy targets rather than sanitation)
+    train: str | None = None
 
     @property
     def out(self) -> str:
@@ -75,6 +78,17 @@ JOBS: dict[str, JobSpec] = {
                     "perplexity rises by at most F under every judge. dinm: edit each SafeEdit "
                     "instance's toxic layer and report defence success, generalisation and locality. Writes "
                     "results.json, samples.jsonl, summary.md and patch/."),
+    "scrub": JobSpec(
+        "scrub", "remove memorised personal data (DEPN privacy neurons, REVS) from a `trustedit memorize` model",
+        methods=("depn", "revs", "depn-random", "sanitation-lora", "ft-m"), suites=("privacy", "retention"),
+        train="trustedit.suites.privacy:train_items",
+        description="Scrub private data: find the neurons that carry the target secrets (DEPN: integrated gradients; "
+                    "REVS: rank in the vocabulary space) and zero or edit them; depn-random is DEPN's random-neuron "
+                    "ablation; sanitation-lora and ft-m fine-tune the model to answer the masked secret [PHONE]. "
+                    "Measures the privacy suite (exposure, extraction, attacks; target and other secrets) and "
+                    "retention before and after; --model is the folder `trustedit memorize` wrote. Secrets are "
+                    "masked in every output unless --show-pii. Writes results.json, samples.jsonl, summary.md and "
+                    "patch/."),
 }
 
 

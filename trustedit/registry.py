@@ -21,6 +21,8 @@ METHODS: dict[str, str] = {
     "negation": "trustedit.safety.ext_sub:NEGATION",
     "dinm": "trustedit.safety.dinm:METHOD",
     "profs": "trustedit.safety.profs:METHOD",
+    "depn": "trustedit.privacy.depn:METHOD",
+    "depn-random": "trustedit.privacy.depn:RANDOM",
 }
 
 # Evaluation suites (trustedit/suites/, one file each): name -> the Suite object.
@@ -35,6 +37,7 @@ SUITES: dict[str, str] = {
     "rtp": "trustedit.suites.rtp:SUITE",
     "extsub-greedy": "trustedit.suites.extsub_greedy:SUITE",
     "safeedit": "trustedit.suites.safeedit:SUITE",
+    "privacy": "trustedit.suites.privacy:SUITE",
 }
 
 # Groups of suites, usable wherever a suite name is.

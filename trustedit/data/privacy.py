@@ -225,3 +225,12 @@ def mask_in(text: str, secrets) -> str:
         if len(d) >= 7 and d != s:
             text = text.replace(d, mask_secret(d))
     return text
+
+
+LONG_DIGITS_RE = re.compile(r"(?<!\d)\d(?:[-. ()]*\d){6,}(?!\d)")
+
+
+def mask_long_digits(text: str) -> str:
+    """Every run of 7 or more digits (separators allowed) masked like a secret: a partly extracted
+    secret (9 digits of 10) is masked as well."""
+    return LONG_DIGITS_RE.sub(lambda m: mask_secret(m.group(0)), text)

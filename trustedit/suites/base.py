@@ -108,6 +108,7 @@ class LoadContext:
     limit: int | None = None
     seed: int = 0
     explicit: frozenset = frozenset()
+    model: str | None = None  # the job's --model (a suite may read files beside it: the privacy suite's recipe)
 
     def size(self, opts, name: str, default=None, zero_is_all: bool = False):
         """The size of the item set that option ``name`` sets: the user's value when given, else the
@@ -220,6 +221,11 @@ class Suite:
     def describe_lines(self, section: dict) -> list[str]:
         """Extra summary.md lines about this suite's data (from its results section)."""
         return []
+
+    def mask_private(self, rows: list[dict], items: Items) -> list[dict]:
+        """Sample rows with this suite's own private strings masked (the job calls it unless
+        ``--show-pii``; :mod:`trustedit.pii` masks the patterns it recognises in every suite)."""
+        return rows
 
 
 def digest(obj) -> str:
