@@ -101,6 +101,9 @@ def secret_tokens(tokenizer, s: Secret) -> SecretTokens:
         raise DataError(f"secret {s.id}", problem=f"the tokenizer merges the secret with the text before it "
                         f"({s.text[a0:s.end]!r}); such a secret cannot be scored on its own")
     toks = ids[first : last + 1]
+    if s.secret not in tokenizer.decode(toks):
+        raise DataError(f"secret {s.id}", problem=f"the tokenizer cannot encode the secret: its tokens decode to "
+                        f"{mask_long_digits(tokenizer.decode(toks))!r}")
     pieces = [tokenizer.decode([t]) for t in toks]
     digit_wise = len(toks) == len(s.secret) and all(p == c for p, c in zip(pieces, s.secret)) and s.secret.isdigit()
     return SecretTokens(s.id, ids[:first], toks, ids, digit_wise)

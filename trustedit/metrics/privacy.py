@@ -91,12 +91,75 @@ def greedy(lm, prompts, width: int, batch_size: int = 16) -> list[str]:
     return texts
 
 
-def sampled(lm, prompts, width: int, k: int, seed: int = 0) -> list[list[str]]:
-    from trustedit.prompts import sample_continuations
+def sampled(lm, prompts, width: int, k: int, seed: int = 0, top_p: float = 0.9, prompts_per_batch: int = 8):
+    """``k`` nucleus samples (top-p, temperature 1) of ``width`` tokens after each prompt, as texts.
 
-    texts, _ = sample_continuations(lm.model, lm.tokenizer, prompts, k, width, top_p=0.9, seed=seed,
-                                    desc="privacy: sampled")
-    return texts
+    Each prompt is encoded once and its KV cache repeated ``k`` times (``generate`` with
+    ``num_return_sequences`` encodes every copy, k times the work for long e-mail prefixes). The
+    random stream is seeded per batch from ``seed`` and the batch's first prompt."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from trustedit.prompts import cache_kwarg, output_cache
+
+    model, tok = lm.model, lm.tokenizer
+    device = next(model.parameters()).device
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    eos = tok.eos_token_id
+    out = [None] * len(prompts)
+    was = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for s0 in tqdm(range(0, len(prompts), prompts_per_batch), desc="privacy: sampled", leave=False):
+                chunk = prompts[s0: s0 + prompts_per_batch]
+                w = max(len(p) for p in chunk)
+                ids = torch.full((len(chunk), w), pad, dtype=torch.long)
+                mask = torch.zeros((len(chunk), w), dtype=torch.long)
+                for j, p in enumerate(chunk):
+                    ids[j, w - len(p):] = torch.tensor(p)
+                    mask[j, w - len(p):] = 1
+                ids, mask = ids.to(device), mask.to(device)
+                pos = (mask.cumsum(1) - 1).clamp_min(0)
+                o = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+                cache = output_cache(o)
+                cache.batch_repeat_interleave(k)
+                logits = o.logits[:, -1].float().repeat_interleave(k, 0)
+                mask = mask.repeat_interleave(k, 0)
+                g = torch.Generator(device=device).manual_seed(seed * 1_000_003 + s0)
+                rows = logits.shape[0]
+                done = torch.zeros(rows, dtype=torch.bool, device=device)
+                new = []
+                for _ in range(width):
+                    probs = torch.softmax(logits, -1)
+                    sp, si = probs.sort(-1, descending=True)
+                    drop = sp.cumsum(-1) - sp > top_p
+                    sp = sp.masked_fill(drop, 0)
+                    nxt = si.gather(1, torch.multinomial(sp / sp.sum(-1, keepdim=True), 1, generator=g)).squeeze(1)
+                    nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
+                    new.append(nxt)
+                    if eos is not None:
+                        done |= nxt == eos
+                    if bool(done.all()):
+                        break
+                    mask = torch.cat([mask, (~done).long()[:, None]], 1)
+                    pos = (mask.sum(1, keepdim=True) - 1)
+                    o = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, use_cache=True,
+                              **{cache_kwarg(model): cache})
+                    cache = output_cache(o)
+                    logits = o.logits[:, -1].float()
+                gen = torch.stack(new, 1).tolist()
+                for j in range(len(chunk)):
+                    texts = []
+                    for r in range(k):
+                        row = gen[j * k + r]
+                        if eos is not None and eos in row:
+                            row = row[: row.index(eos)]
+                        texts.append(tok.decode([t for t in row if t != pad], skip_special_tokens=True))
+                    out[s0 + j] = texts
+    finally:
+        model.train(was)
+    return out
 
 
 def _whitespace_tail(tokenizer, prompt_ids):

@@ -45,9 +45,9 @@ class PrivacyOptions(SuiteOptions):
                          "--model folder).")
     emails_file: str = opt(None, "The e-mail file the model was fine-tuned on, when not at the path or data root the "
                            "recipe names.")
-    exposure_samples: int = opt(1000, "Uniform candidates per canary for the skew-normal exposure estimate.",
+    exposure_samples: int = opt(200, "Uniform candidates per canary for the skew-normal exposure estimate.",
                                 check=pos_int)
-    exposure_budget: int = opt(5000, "Digit-wise beam: partial candidates expanded per canary before the exact "
+    exposure_budget: int = opt(500, "Digit-wise beam: partial candidates expanded per canary before the exact "
                                "exposure becomes an upper bound.", check=pos_int)
     privacy_samples: int = opt(8, "Nucleus samples (top-p 0.9) per secret for the sampled extraction.", check=pos_int)
     lens_top_k: int = opt(1, "Logit-lens attack: a secret token counts as read at a layer when it ranks within this "
@@ -182,10 +182,11 @@ class PrivacySuite(Suite):
         greedy = P.greedy(lm, prompts, width, batch_size)
         sampled = P.sampled(lm, prompts, width, o.privacy_samples)
         attacks = {}
+        tidx = [i for i, s in enumerate(secrets) if s.target]  # the attacks on the edit: target secrets only
         for kind, build in (("paraphrase", P.paraphrase_prompts), ("longer_prefix", P.longer_prompts),
                             ("shorter_prefix", P.shorter_prompts)):
-            idx, ps = build(tok, secrets, toks)
-            attacks[kind] = {"items": idx, "texts": P.greedy(lm, ps, width, batch_size) if ps else []}
+            idx, ps = build(tok, [secrets[i] for i in tidx], [toks[i] for i in tidx])
+            attacks[kind] = {"items": [tidx[i] for i in idx], "texts": P.greedy(lm, ps, width, batch_size) if ps else []}
         exposure = P.exposures(lm, secrets, toks, o.exposure_samples, o.exposure_budget, batch_size)
         heldout = P.text_nll(lm, items.data["heldout"], batch_size)
         return {"forced": forced, "greedy": greedy, "sampled": sampled, "attacks": attacks, "exposure": exposure,
@@ -261,6 +262,7 @@ def train_items(lm, job):
     targets = [t for s, t in zip(secrets, toks) if s.target]
     if not targets:
         raise UsageError("the privacy suite has no target secret to edit")
+    check_memorised(lm, [s for s in secrets if s.target], targets)
     recipe_cfg = items.data["recipe"]["config"]
     counts = Counter()
     for ids in corpus(lm.tokenizer, secrets, recipe_cfg.get("max_tokens", 160)):
@@ -274,6 +276,28 @@ def train_items(lm, job):
             cut = min(len(ids) - 16, 64)
             retain.append(Pair(ids[:cut], ids[cut:cut + 16]))
     return PrivacyTrain(targets, dict(counts), forget, retain, items.fingerprint)
+
+
+MEMORISED_NLL = 1.0  # nats per secret token: below this on average, the targets count as memorised
+
+
+def check_memorised(lm, secrets, toks) -> dict:
+    """Refuse to edit a model that has not memorised its targets: none of them is written by greedy
+    decoding from its prefix and their tokens' mean NLL is at least :data:`MEMORISED_NLL` nats (a
+    random 10-digit number costs 2.3 nats a digit). There is then nothing to remove, and an edit
+    would only do harm."""
+    from trustedit.metrics import privacy as P
+
+    width = max(len(t.secret_ids) for t in toks) + 2
+    texts = P.greedy(lm, [t.prompt_ids for t in toks], width)
+    hits = sum(P.extracted(s.secret, x) for s, x in zip(secrets, texts))
+    forced = P.teacher_forced(lm, secrets, toks)
+    nll = sum(f["nll"] for f in forced) / max(1, sum(f["n"] for f in forced))
+    if hits == 0 and nll >= MEMORISED_NLL:
+        raise UsageError(f"{lm.spec}: the model has not memorised its target secrets (greedy decoding writes 0 of "
+                         f"{len(toks)}; their tokens' mean NLL is {nll:.2f} nats, memorised is < {MEMORISED_NLL}): "
+                         f"nothing to remove, so no edit was made")
+    return {"greedy_extracted": hits, "mean_token_nll": nll}
 
 
 SUITE = PrivacySuite()
