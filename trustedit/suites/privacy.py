@@ -47,7 +47,7 @@ class PrivacyOptions(SuiteOptions):
                            "recipe names.")
     exposure_samples: int = opt(200, "Uniform candidates per canary for the skew-normal exposure estimate.",
                                 check=pos_int)
-    exposure_budget: int = opt(500, "Digit-wise beam: partial candidates expanded per canary before the exact "
+    exposure_budget: int = opt(200, "Digit-wise beam: partial candidates expanded per canary before the exact "
                                "exposure becomes an upper bound.", check=pos_int)
     privacy_samples: int = opt(8, "Nucleus samples (top-p 0.9) per secret for the sampled extraction.", check=pos_int)
     lens_top_k: int = opt(1, "Logit-lens attack: a secret token counts as read at a layer when it ranks within this "
