@@ -80,7 +80,8 @@ def attributions(lm, item, layers, steps: int = 20):
     prompt, secret = list(item.prompt_ids), list(item.secret_ids)
     cont = prompt[-1:] + secret[:-1]  # the target positions: each predicts the next secret token
     head = prompt[:-1]
-    target = torch.tensor(secret, device=device)
+    # a secret at the very start of its text has no position predicting its first token
+    target = torch.tensor(secret[len(secret) - len(cont):], device=device)
     m = steps
     alphas = torch.arange(1, m + 1, device=device, dtype=torch.float32) / m
     obs: list = [None] * len(mods)

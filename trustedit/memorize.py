@@ -44,6 +44,8 @@ class MemorizeConfig:
     warmup_steps: int = opt(10, "Linear warm-up steps, then linear decay.", ge=0)
     max_tokens: int = opt(160, "Longest training text in tokens (e-mails are cut from the left).", ge=16)
     seed: int = opt(0, "Seed for the e-mail sample, the canaries and training.", ge=0)
+    layout: int = opt(2, "E-mail text layout version (2: the current one; 1: recipes written before it).",
+                      choices=(1, 2))
 
     def __post_init__(self):
         from trustedit.methods.base import check_option
@@ -61,7 +63,7 @@ def build_secrets(cfg: MemorizeConfig, emails_path=None):
     secrets, info = [], {}
     if cfg.emails:
         records, path, digest = load_emails(emails_path)
-        es = email_secrets(records, cfg.emails, cfg.seed, cfg.window, cfg.email_repeats)
+        es = email_secrets(records, cfg.emails, cfg.seed, cfg.window, cfg.email_repeats, layout=cfg.layout)
         if not es:
             raise UsageError(f"{path}: no e-mail has both a phone number and a sender name (x_from)")
         secrets += es
@@ -133,6 +135,8 @@ def add_parser(sub) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="auto")
     for f in dataclasses.fields(MemorizeConfig):
+        if f.name == "layout":
+            continue  # recorded in the recipe, not a user's choice
         kind = type(f.default)
         p.add_argument("--" + f.name.replace("_", "-"), dest=f"m__{f.name}", type=kind, default=None, metavar=kind.__name__.upper(),
                        help=f"{f.metadata['help']} (default {f.default})")

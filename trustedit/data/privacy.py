@@ -171,18 +171,27 @@ def load_emails(path: str | Path | None = None) -> tuple[list[EmailRecord], Path
     return out, p, digest
 
 
+LAYOUT = 2  # the e-mail text layout written by this version (see email_secrets)
+
+
 def email_secrets(records: list[EmailRecord], n: int, seed: int = 0, window: int = 400, repeats: int = 1,
-                  targets: int | None = None) -> list[Secret]:
+                  targets: int | None = None, layout: int = LAYOUT) -> list[Secret]:
     """Up to ``n`` e-mails (seeded sample) that contain a phone number and have a sender name; each
     gives one training text: up to ``window`` characters of the body ending with the first phone
-    number and the rest of its line, then the sender's name as a signature (``-- Name``). The first ``targets`` (default:
-    half) are edit targets."""
+    number and the rest of its line, then the sender's name as a signature (``-- Name``). The first
+    ``targets`` (default: half) are edit targets.
+
+    ``layout`` 2 starts the window at the first line break after its left edge (when one is within
+    half a window) and keeps only e-mails with at least 20 characters before the phone number.
+    ``layout`` 1 (recipes written before 2 existed) started it after the last line break before the
+    phone number, which left some secrets (a phone number opening its line) with no prefix at all;
+    it is kept so that such recipes rebuild the texts they were trained on."""
     cands = []
     for r in records:
         if r.sender is None:
             continue
         m = PHONE_RE.search(r.body)
-        if m is None:
+        if m is None or (layout >= 2 and m.start() < 20):
             continue
         cands.append((r, m))
     rng = random.Random(f"emails:{seed}")
@@ -194,8 +203,12 @@ def email_secrets(records: list[EmailRecord], n: int, seed: int = 0, window: int
         line_end = r.body.find("\n", m.end())
         line_end = len(r.body) if line_end < 0 else line_end
         lo = max(0, m.start() - window)
-        nl = r.body.rfind("\n", lo, m.start())  # start on a line boundary when one is near
-        lo = nl + 1 if nl >= 0 and nl - lo < window // 2 else lo
+        if layout >= 2:
+            nl = r.body.find("\n", lo, m.start())  # start on the first line boundary inside the window, if near
+            lo = nl + 1 if nl >= 0 and nl - lo < window // 2 and m.start() - (nl + 1) >= 20 else lo
+        else:
+            nl = r.body.rfind("\n", lo, m.start())
+            lo = nl + 1 if nl >= 0 and nl - lo < window // 2 else lo
         chunk = re.sub(r"[ \t]+\n", "\n", r.body[lo:line_end])
         sec = m.group(0)
         start = chunk.rfind(sec)

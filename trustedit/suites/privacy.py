@@ -80,7 +80,7 @@ def load_secrets(opts, ctx: LoadContext):
     f = find_recipe(opts, ctx)
     try:
         recipe = json.loads(f.read_text(encoding="utf-8"))
-        cfg = MemorizeConfig(**recipe["config"])
+        cfg = MemorizeConfig(**{"layout": 1, **recipe["config"]})  # recipes without a layout used layout 1
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise DataError(f, problem=f"not a memorize recipe ({e})") from None
     secrets, heldout, retain, info = [], [], [], {"recipe": str(f)}
@@ -89,7 +89,7 @@ def load_secrets(opts, ctx: LoadContext):
         if digest != recipe.get("emails_sha256"):
             raise DataError(path, problem=f"is not the file the model was fine-tuned on (SHA-256 {digest[:12]}…, "
                             f"recipe {str(recipe.get('emails_sha256'))[:12]}…)")
-        es = email_secrets(records, cfg.emails, cfg.seed, cfg.window, cfg.email_repeats)
+        es = email_secrets(records, cfg.emails, cfg.seed, cfg.window, cfg.email_repeats, layout=cfg.layout)
         if [s.id for s in es] != recipe.get("email_ids"):
             raise DataError(f, "email_ids", problem="the rebuilt e-mail sample differs from the recipe's")
         secrets += es
