@@ -23,6 +23,7 @@ METHODS: dict[str, str] = {
     "profs": "trustedit.safety.profs:METHOD",
     "depn": "trustedit.privacy.depn:METHOD",
     "depn-random": "trustedit.privacy.depn:RANDOM",
+    "revs": "trustedit.privacy.revs:METHOD",
 }
 
 # Evaluation suites (trustedit/suites/, one file each): name -> the Suite object.
