@@ -64,6 +64,9 @@ def find_recipe(opts, ctx: LoadContext) -> Path:
         raise UsageError("the privacy suite audits a model made by `trustedit memorize`: pass --model FOLDER "
                          "(or --memorized FOLDER)")
     p = Path(where)
+    if not p.exists():
+        raise UsageError(f"{where}: no such file or folder (the privacy suite audits a model made by "
+                         f"`trustedit memorize`)")
     f = p / RECIPE_FILE if p.is_dir() else p
     if not f.is_file():
         raise UsageError(f"{where}: no {RECIPE_FILE} here: the privacy suite audits a model made by "
