@@ -417,7 +417,8 @@ def fit(lm, train, cfg: REVSConfig | None = None, stages=None):
                     layers = select_layers(r_ranks, m_ranks, goal, mlp_max, cfg.max_layers)
                     g = pinv_direction(U, t, gram)
                     q = U @ g
-                tok_rec = {"position": j, "token": t, "layers": {}}
+                # the secret's position only: a token id would write part of the secret into the manifest
+                tok_rec = {"position": j, "layers": {}}
                 dirty = False
                 for L in layers:
                     if dirty:
@@ -460,7 +461,7 @@ def fit(lm, train, cfg: REVSConfig | None = None, stages=None):
     patch.manifest["training"] = {
         "layers": sorted(edited), "neurons": {str(L): len(v) for L, v in sorted(edited.items())},
         "neurons_total": sum(len(v) for v in edited.values()),
-        "tokens": {r["id"]: [x["token"] for x in r["tokens"]] for r in per_target},
+        "token_positions": {r["id"]: [x["position"] for x in r["tokens"]] for r in per_target},
         "targets": len(targets), "target_tokens": sum(len(r["tokens"]) for r in per_target),
         "target_tokens_unedited": skipped,
         "rarity": "fine-tuning corpus token counts" if counts is not None else "position order (no token counts)",

@@ -4,6 +4,8 @@ predicts and the MLPs carry them)."""
 
 from __future__ import annotations
 
+import json
+
 import random
 from collections import Counter
 from types import SimpleNamespace
@@ -160,8 +162,9 @@ def _check_fit(lm, train, weights, cfg=None):
     assert patch.deltas and set(patch.deltas) <= _down_weights(lm)
     tr = patch.manifest["training"]
     assert tr["layers"] and all(n > 0 for n in tr["neurons"].values()) and tr["seconds"] >= 0
-    assert tr["tokens"] == {s.id: [s.secret_ids[j] for j in revs.target_tokens(s.secret_ids, train.token_counts, 2)]
-                            for s in train.targets}
+    assert tr["token_positions"] == {s.id: revs.target_tokens(s.secret_ids, train.token_counts, 2)
+                                     for s in train.targets}
+    assert '"token":' not in json.dumps(tr["per_target"])  # positions only: no token id of a secret in the manifest
     patch.apply(lm.model)
     after = _target_probs(lm.model, train, cfg)
     patch.revert(lm.model)
