@@ -238,7 +238,7 @@ def test_area_of_every_suite():
 
     want = {"sanitation": "forgetting", "dama-gender": "bias", "winobias": "bias", "stereoset": "bias",
             "crows-pairs": "bias", "rtp": "toxicity", "extsub-greedy": "toxicity", "safeedit": "toxicity",
-            "retention": "capability", "fluency": "capability"}
+            "retention": "capability", "fluency": "capability", "privacy": "privacy"}
     assert {s: gate.area_of(s) for s in SUITES} == want
 
 
@@ -420,7 +420,7 @@ def test_markdown_table_rows_and_verdict():
 
 # Metric names the suites write, checked against real runs (erase: sanitation, fluency, retention;
 # debias: dama-gender, stereoset, crows-pairs, retention; detox: rtp, extsub-greedy, retention;
-# dinm: safeedit) and the suite code (retention's pooled/acc, the ideals of a_s, SS and CrowS).
+# dinm: safeedit; scrub: privacy) and the suite code (retention's pooled/acc, the ideals of a_s, SS and CrowS).
 PRODUCED = {
     "retention": {"wikitext/ppl", "pooled/acc", "mmlu/acc", "piqa/acc", "arc_easy/acc", "hellaswag/acc", "boolq/acc",
                   "commonsenseqa/acc"},
@@ -433,6 +433,8 @@ PRODUCED = {
     "dama-gender": {"a_s", "a_f", "b"},
     "stereoset": {"ss", "lms", "icat"},
     "crows-pairs": {"metric"},
+    "privacy": {"extraction_greedy", "extraction_sampled", "logit_lens_extraction", "seesaw_extraction_greedy",
+                "heldout_email_ppl", "exposure_exact", "exposure_skewnorm", "seesaw_exposure_exact"},
 }
 IDEALS = {("dama-gender", "a_s"): 0.0, ("stereoset", "ss"): 50.0, ("crows-pairs", "metric"): 50.0}
 

@@ -158,6 +158,27 @@ def test_email_secrets_from_a_users_file(tmp_path):
         assert s.text[s.name_start:s.name_start + len(s.name)] == s.name
 
 
+def test_a_model_without_a_recipe_is_audited_on_the_public_sample(tmp_path):
+    """Any model (the embedded one, a folder not made by `memorize`, a Hub id) is audited on the
+    e-mail sample `memorize` would draw by default, without canaries; --memorized must name a recipe."""
+    from trustedit.errors import UsageError
+    from trustedit.suites.base import LoadContext
+    from trustedit.suites.privacy import PrivacyOptions, find_recipe, load_secrets
+
+    f = _emails_file(tmp_path / "mail.jsonl", 8)
+    plain = tmp_path / "plain-model"
+    plain.mkdir()
+    for model in (None, str(plain), "HuggingFaceTB/SmolLM2-135M"):
+        assert find_recipe(PrivacyOptions(), LoadContext(model=model)) is None
+        secrets, _, _, recipe, info = load_secrets(PrivacyOptions(emails_file=str(f)), LoadContext(model=model))
+        assert len(secrets) == 8 and {s.kind for s in secrets} == {"phone"} and sum(s.target for s in secrets) == 4
+        assert info["recipe"] is None and "public" in info["secrets_source"] and recipe["config"]["canaries"] == 0
+    with pytest.raises(UsageError, match="no such file or folder"):
+        find_recipe(PrivacyOptions(), LoadContext(model=str(tmp_path / "missing")))
+    with pytest.raises(UsageError, match="--memorized names the folder written by `trustedit memorize`"):
+        find_recipe(PrivacyOptions(memorized=str(plain)), LoadContext())
+
+
 @needs_smol
 def test_model_that_memorised_nothing_is_not_edited(smol_tok, tmp_path):
     from trustedit.models import load_model

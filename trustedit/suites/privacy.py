@@ -1,7 +1,10 @@
 """``privacy``: how much of the memorised private data a model gives back, and to which attacks.
 
 Items: the secrets of a model made by ``trustedit memorize`` (rebuilt from the recipe in its
-folder, ``trustedit-memorized.json``, or from ``--memorized FOLDER``), split into the *targets*
+folder, ``trustedit-memorized.json``, or from ``--memorized FOLDER``); for any other model (one
+with no recipe, the embedded model included) the phone numbers of the default public e-mail
+sample (``enron_privacy``, ``trustedit memorize``'s default sample without canaries), DEPN's own
+setting: a model pre-trained on a corpus that holds the Enron e-mails. Split into the *targets*
 (what an edit removes) and the *seesaw* set (memorised secrets nobody edited; APNEAP's "privacy
 seesaw": protecting one secret can raise the exposure of others), and held-out e-mails the model
 never saw (utility).
@@ -29,6 +32,7 @@ Samples show every secret masked (``55*-***-**09``) unless ``--show-pii``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from dataclasses import dataclass
@@ -56,22 +60,29 @@ class PrivacyOptions(SuiteOptions):
                               check=pos_int)
 
 
-def find_recipe(opts, ctx: LoadContext) -> Path:
+def find_recipe(opts, ctx: LoadContext) -> Path | None:
+    """The memorize recipe to audit, or None for a model without one (audited on the public sample)."""
     from trustedit.memorize import RECIPE_FILE
 
     where = opts.memorized or ctx.model
     if where is None:
-        raise UsageError("the privacy suite audits a model made by `trustedit memorize`: pass --model FOLDER "
-                         "(or --memorized FOLDER)")
+        return None
     p = Path(where)
     if not p.exists():
+        if opts.memorized is None and not (p.is_absolute() or where.startswith(".")) and where.count("/") <= 1:
+            return None  # a Hub or registry model id: no recipe
         raise UsageError(f"{where}: no such file or folder (the privacy suite audits a model made by "
                          f"`trustedit memorize`)")
     f = p / RECIPE_FILE if p.is_dir() else p
     if not f.is_file():
-        raise UsageError(f"{where}: no {RECIPE_FILE} here: the privacy suite audits a model made by "
-                         f"`trustedit memorize` (pass --memorized FOLDER)")
+        if opts.memorized is None:
+            return None  # a model folder not made by `trustedit memorize`
+        raise UsageError(f"{where}: no {RECIPE_FILE} here: --memorized names the folder written by "
+                         f"`trustedit memorize`")
     return f
+
+
+PUBLIC_SAMPLE = {"config": {"canaries": 0}, "source": "public e-mail sample (no memorize recipe)"}
 
 
 def load_secrets(opts, ctx: LoadContext):
@@ -81,19 +92,26 @@ def load_secrets(opts, ctx: LoadContext):
     from trustedit.memorize import MemorizeConfig
 
     f = find_recipe(opts, ctx)
-    try:
-        recipe = json.loads(f.read_text(encoding="utf-8"))
-        cfg = MemorizeConfig(**{"layout": 1, **recipe["config"]})  # recipes without a layout used layout 1
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise DataError(f, problem=f"not a memorize recipe ({e})") from None
-    secrets, heldout, retain, info = [], [], [], {"recipe": str(f)}
+    if f is None:
+        cfg = MemorizeConfig(**PUBLIC_SAMPLE["config"])
+        recipe = {"config": dataclasses.asdict(cfg), "source": PUBLIC_SAMPLE["source"]}
+    else:
+        try:
+            recipe = json.loads(f.read_text(encoding="utf-8"))
+            cfg = MemorizeConfig(**{"layout": 1, **recipe["config"]})  # recipes without a layout used layout 1
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise DataError(f, problem=f"not a memorize recipe ({e})") from None
+    secrets, heldout, retain = [], [], []
+    info = {"recipe": str(f) if f else None, "secrets_source": recipe.get("source", "memorize recipe")}
     if cfg.emails:
         records, path, digest = load_emails(opts.emails_file or _recipe_path(recipe))
-        if digest != recipe.get("emails_sha256"):
+        if f is None:
+            recipe.update(emails_sha256=digest, email_ids=None)
+        elif digest != recipe.get("emails_sha256"):
             raise DataError(path, problem=f"is not the file the model was fine-tuned on (SHA-256 {digest[:12]}…, "
                             f"recipe {str(recipe.get('emails_sha256'))[:12]}…)")
         es = email_secrets(records, cfg.emails, cfg.seed, cfg.window, cfg.email_repeats, layout=cfg.layout)
-        if [s.id for s in es] != recipe.get("email_ids"):
+        if f is not None and [s.id for s in es] != recipe.get("email_ids"):
             raise DataError(f, "email_ids", problem="the rebuilt e-mail sample differs from the recipe's")
         secrets += es
         used = {s.id.split("-")[1] for s in es}
