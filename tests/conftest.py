@@ -62,7 +62,7 @@ def _vocab_size() -> int:
     return len(dict.fromkeys(SPECIAL + WORDS))
 
 
-def build_llama(seed: int = 0, layers: int = 2, chat: bool = True, positions: int = 128):
+def build_llama(seed: int = 0, layers: int = 2, chat: bool = True, positions: int = 128, init: float = 0.02):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -73,7 +73,7 @@ def build_llama(seed: int = 0, layers: int = 2, chat: bool = True, positions: in
     cfg = LlamaConfig(vocab_size=_vocab_size(), hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
                       num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=positions,
                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                      tie_word_embeddings=False)
+                      tie_word_embeddings=False, initializer_range=init)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(cfg).eval()
     return LoadedModel(model, tok, "tiny-llama", "<in-memory>", f"test:tiny-llama-seed{seed}", "cpu", "float32")

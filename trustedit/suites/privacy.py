@@ -112,7 +112,7 @@ def load_secrets(opts, ctx: LoadContext):
                             f"recipe {str(recipe.get('emails_sha256'))[:12]}…)")
         es = email_secrets(records, cfg.emails, cfg.seed, cfg.window, cfg.email_repeats, layout=cfg.layout)
         if f is not None and [s.id for s in es] != recipe.get("email_ids"):
-            raise DataError(f, "email_ids", problem="the rebuilt e-mail sample differs from the recipe's")
+            raise DataError(f, field="email_ids", problem="the rebuilt e-mail sample differs from the recipe's")
         secrets += es
         used = {s.id.split("-")[1] for s in es}
         both = _heldout(records, used, 2 * opts.heldout_emails, cfg.seed, cfg.window)
