@@ -39,6 +39,22 @@ def _get(r, suite, name, side):
     return m[side]["value"]
 
 
+def _label(method) -> str:
+    """The method's name, with the options it ran with that differ from its defaults
+    (``depn neurons=20``)."""
+    if not isinstance(method, dict):
+        return str(method)
+    name, cfg = method.get("name"), method.get("config") or {}
+    try:
+        from trustedit.registry import get_method
+
+        defaults = get_method(name).config().to_dict()
+    except Exception:  # an unknown or renamed method: its name alone
+        return str(name)
+    changed = [f"{k}={v}" for k, v in cfg.items() if k in defaults and defaults[k] != v]
+    return " ".join([str(name)] + changed)
+
+
 def rows(runs):
     out = []
     base = None
@@ -49,7 +65,7 @@ def rows(runs):
             out.append({"edit": "memorised model (before any edit)", **{f"{s}/{n}": base[(s, n)]
                                                                      for _, s, n, _ in COLUMNS}, "seconds": None})
         t = (r.get("patch") or {}).get("training") or {}
-        out.append({"edit": r.get("method", {}).get("name") if isinstance(r.get("method"), dict) else r.get("method"),
+        out.append({"edit": _label(r.get("method")),
                     "run": str(d), **{f"{s}/{n}": _get(r, s, n, "post") for _, s, n, _ in COLUMNS},
                     "seconds": t.get("seconds") or (r.get("timings_s") or {}).get("edit")})
     return out, base
