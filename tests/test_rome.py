@@ -113,3 +113,26 @@ def test_rome_writes_the_target_and_reverts_bit_exact(llama_factory, weights, mo
     assert before < 0.2 and after > 0.5
     patch.revert(lm.model)
     weights.assert_same(lm.model, snap)
+
+
+def test_memit_batch_writes_every_target_and_reverts_bit_exact(llama_factory, weights, monkeypatch):
+    import trustedit.methods.key_stats as ks
+    from trustedit.methods.memit import MEMITConfig
+    from trustedit.methods.memit import fit as memit_fit
+
+    lm = llama_factory(init=0.3)
+    monkeypatch.setattr(ks, "stats_texts", lambda path=None: ["Paris is the capital of France . Rome is a city . "
+                                                             "Jupiter is the largest planet . " * 80])
+    reqs = [REQ_LAST, EditRequest("What is the longest river", "river", "Everest", id="r2")]
+    snap = weights.snapshot(lm.model)
+    before = [_target_prob(lm, r) for r in reqs]
+    patch = memit_fit(lm, reqs, MEMITConfig(layers=[0, 1], mom2_weight=1.0, templates=2, stats_tokens=1000,
+                                            v_steps=60, clamp_norm=4.0))
+    weights.assert_same(lm.model, snap)
+    rec = patch.manifest["training"]
+    assert rec["layers"] == [0, 1] and rec["converged"] == 2 and len(patch.deltas) == 2
+    patch.apply(lm.model)
+    after = [_target_prob(lm, r) for r in reqs]
+    assert max(before) < 0.2 and min(after) > 0.3, (before, after)
+    patch.revert(lm.model)
+    weights.assert_same(lm.model, snap)

@@ -141,16 +141,18 @@ def _batch(rows: list[Row], pad_id: int, with_targets: bool):
 
 @contextmanager
 def _add_at(module, rows: list[Row], delta):
-    """Within the block, ``delta`` is added to ``module``'s output at each row's subject token."""
+    """Within the block, ``delta`` is added to ``module``'s output (its hidden states) at each row's
+    subject token."""
     import torch
 
     idx_b = torch.arange(len(rows))
     idx_t = torch.tensor([r.subject_index for r in rows])
 
     def hook(m, inputs, out):
-        out = out.clone()
-        out[idx_b, idx_t] = out[idx_b, idx_t] + delta.to(out.dtype)
-        return out
+        h = out[0] if isinstance(out, tuple) else out  # a decoder layer returns (hidden, ...) in some versions
+        h = h.clone()
+        h[idx_b, idx_t] = h[idx_b, idx_t] + delta.to(h.dtype)
+        return (h,) + tuple(out[1:]) if isinstance(out, tuple) else h
 
     h = module.register_forward_hook(hook)
     try:
@@ -198,14 +200,24 @@ def compute_key(lm, layer: int, rows: list[Row]):
 def compute_value(lm, layer: int, rows: list[Row], kl: list[Row], key, cfg: ROMEConfig):
     """``(δ, record)``: the change of the MLP output at the subject that makes the model write the
     target (see the module docstring); ``v* = W k* + δ``."""
+    _, module, _ = _down(lm, layer)
+    _, W, _ = _weight(lm, layer)
+    v0 = (W.detach().double() @ key.to(W.device)).float()
+    return optimise_delta(lm, module, rows, kl, v0.norm().item(), cfg)
+
+
+def optimise_delta(lm, module, rows: list[Row], kl: list[Row], ref_norm: float, cfg):
+    """``(δ, record)``: the vector added to ``module``'s output at each row's subject token that
+    minimises the target NLL + ``kl_factor`` x KL(base ‖ edited) on ``kl``'s last token +
+    ``weight_decay`` x ``‖δ‖²/ref_norm²``, clamped to ``clamp_norm`` x ``ref_norm`` after each Adam
+    step (``cfg``: ``v_steps``, ``v_lr``, ``kl_factor``, ``weight_decay``, ``clamp_norm``,
+    ``nll_stop``). ROME adds it to an MLP output, MEMIT to a layer's residual output."""
     import torch
     import torch.nn.functional as F
 
     from trustedit.hooks import only_trainable
 
     model = lm.model
-    _, module, _ = _down(lm, layer)
-    _, W, _ = _weight(lm, layer)
     device = next(model.parameters()).device
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     ids, mask = _batch(rows, pad, with_targets=True)
@@ -229,12 +241,12 @@ def compute_value(lm, layer: int, rows: list[Row], kl: list[Row], key, cfg: ROME
     counts = torch.tensor([len(r.target_ids) for r in rows], dtype=torch.float32, device=device)
     kl_b = torch.arange(len(rows), len(all_rows))
     kl_t = torch.tensor([len(r.prompt_ids) - 1 for r in kl])
-    v0 = (W.detach().double() @ key.to(W.device)).float()
-    v_norm = v0.norm()
+    ref = torch.tensor(max(ref_norm, 1e-8), device=device)
     with torch.no_grad():
         base_logits = model(input_ids=inp, attention_mask=att).logits
         base_kl = torch.log_softmax(base_logits[kl_b, kl_t].float(), -1)
-    delta = torch.zeros(v0.shape[0], device=device, requires_grad=True)
+        hidden = getattr(model.config, "hidden_size", None) or model.config.n_embd
+    delta = torch.zeros(hidden, device=device, requires_grad=True)
     optim = torch.optim.Adam([delta], lr=cfg.v_lr)
     history = []
     with only_trainable(model, []), _add_at(module, all_rows, delta):
@@ -246,20 +258,20 @@ def compute_value(lm, layer: int, rows: list[Row], kl: list[Row], key, cfg: ROME
             nll = per_row.mean()
             edit_kl = torch.log_softmax(logits[kl_b, kl_t], -1)
             kl_term = F.kl_div(edit_kl, base_kl, log_target=True, reduction="batchmean")
-            decay = (delta.norm() / v_norm) ** 2
+            decay = (delta.norm() / ref) ** 2
             loss = nll + cfg.kl_factor * kl_term + cfg.weight_decay * decay
             history.append({"step": step, "nll": round(nll.item(), 4), "kl": round(kl_term.item(), 5),
-                            "delta_ratio": round((delta.norm() / v_norm).item(), 4)})
+                            "delta_ratio": round((delta.norm() / ref).item(), 4)})
             if not torch.isfinite(loss):
                 from trustedit.errors import NumericalError
 
-                raise NumericalError(f"ROME: the value loss became {loss.item()} at step {step}")
+                raise NumericalError(f"the value loss became {loss.item()} at step {step}")
             if nll.item() < cfg.nll_stop:
                 break
             loss.backward()
             optim.step()
             with torch.no_grad():
-                cap = cfg.clamp_norm * v_norm
+                cap = cfg.clamp_norm * ref
                 if delta.norm() > cap:
                     delta.mul_(cap / delta.norm())
     with torch.no_grad(), _add_at(module, all_rows, delta):
@@ -267,7 +279,7 @@ def compute_value(lm, layer: int, rows: list[Row], kl: list[Row], key, cfg: ROME
         logp = torch.log_softmax(logits[pos_b, pos_t], -1).gather(-1, tgt[:, None])[:, 0]
     prob = logp.exp().mean().item()
     record = {"steps": len(history), "final_nll": history[-1]["nll"], "target_prob": round(prob, 4),
-              "converged": prob >= 0.5, "delta_norm_ratio": round((delta.norm() / v_norm).item(), 4)}
+              "converged": prob >= 0.5, "delta_norm_ratio": round((delta.norm() / ref).item(), 4)}
     return delta.detach().double().cpu(), record
 
 
