@@ -136,3 +136,28 @@ def test_memit_batch_writes_every_target_and_reverts_bit_exact(llama_factory, we
     assert max(before) < 0.2 and min(after) > 0.3, (before, after)
     patch.revert(lm.model)
     weights.assert_same(lm.model, snap)
+
+
+def test_alphaedit_sequential_batches_edit_and_empty_null_space_is_an_error(llama_factory, weights, monkeypatch):
+    import trustedit.methods.key_stats as ks
+    from trustedit.errors import UsageError
+    from trustedit.methods.alphaedit import AlphaEditConfig
+    from trustedit.methods.alphaedit import fit as alpha_fit
+
+    lm = llama_factory(init=0.3)
+    # statistics from a few repeated sentences: the keys span few directions, the null space is large
+    monkeypatch.setattr(ks, "stats_texts", lambda path=None: ["Paris is the capital of France . " * 200])
+    reqs = [REQ_LAST, EditRequest("What is the longest river", "river", "Everest", id="r2")]
+    snap = weights.snapshot(lm.model)
+    cfg = dict(layers=[0, 1], templates=2, stats_tokens=1000, v_steps=60, clamp_norm=4.0, edit_batch=1)
+    patch = alpha_fit(lm, reqs, AlphaEditConfig(threshold=1e-2, **cfg))
+    weights.assert_same(lm.model, snap)
+    rec = patch.manifest["training"]
+    assert len(rec["batches"]) == 2 and all(0 < d < 64 for d in rec["null_space_dims"].values())
+    patch.apply(lm.model)
+    after = [_target_prob(lm, r) for r in reqs]
+    patch.revert(lm.model)
+    weights.assert_same(lm.model, snap)
+    assert min(after) > 0.3, after
+    with pytest.raises(UsageError, match="has no null space at threshold"):
+        alpha_fit(lm, reqs, AlphaEditConfig(threshold=1e-6, **cfg))

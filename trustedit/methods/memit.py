@@ -99,8 +99,8 @@ def compute_z(lm, last_layer: int, rows, kl, cfg):
 
 
 def apply_batch(lm, requests, cfg, C: dict, templates, update=None, edited=None):
-    """Edit ``requests`` as one batch on the model *in place*; returns ``(factors, records)``
-    where ``factors[layer] = ΔW`` (d_out x d_in, float64). ``update(W, K, R, layer)`` computes
+    """Edit ``requests`` as one batch on the model *in place*; returns ``(deltas, records, keys)``
+    where ``deltas[layer] = ΔW`` (d_out x d_in, float64) and ``keys[layer]`` the batch's keys there. ``update(W, K, R, layer)`` computes
     a layer's ΔW (default: MEMIT's closed form with ``C[layer]``); AlphaEdit passes its own."""
     import torch
     from tqdm.auto import tqdm
@@ -124,7 +124,7 @@ def apply_batch(lm, requests, cfg, C: dict, templates, update=None, edited=None)
     if update is None:
         def update(W, K, R, layer):
             return memit_update(W, K, R, C[layer], cfg.mom2_weight)
-    deltas = {}
+    deltas, keys = {}, {}
     for pos, layer in enumerate(layers):
         K = torch.stack([compute_key(lm, layer, rr) for rr in rows], 1)  # d_in x n
         R = Z - _residual_at(lm, last, rows)  # what is still missing at the last layer
@@ -134,7 +134,8 @@ def apply_batch(lm, requests, cfg, C: dict, templates, update=None, edited=None)
         with torch.no_grad():
             W.add_(dW.to(W.dtype).to(W.device))
         deltas[layer] = dW
-    return deltas, records
+        keys[layer] = K
+    return deltas, records, keys
 
 
 def fit(lm, requests, cfg: MEMITConfig, stages=None):
@@ -160,7 +161,7 @@ def fit(lm, requests, cfg: MEMITConfig, stages=None):
     templates = context_templates(lm, cfg.templates, cfg.seed)
     originals = {L: _weight(lm, L)[1].detach().clone() for L in layers}
     try:
-        deltas, records = apply_batch(lm, requests, cfg, C, templates)
+        deltas, records, _ = apply_batch(lm, requests, cfg, C, templates)
     finally:
         with torch.no_grad():
             for L, w in originals.items():
