@@ -67,12 +67,25 @@ class ROMEConfig(MethodConfig):
 # ---- step 1: contexts ---------------------------------------------------------------------------
 
 
-def context_templates(lm, n: int, seed: int = 0) -> list[str]:
-    """``["{}"]`` plus ``n`` texts the model writes, each ending in ``". {}"``."""
-    import torch
+_TEMPLATES: dict = {}  # (model fingerprint, n, seed) -> templates, as EasyEdit keeps them for a run
 
+
+def context_templates(lm, n: int, seed: int = 0) -> list[str]:
+    """``["{}"]`` plus ``n`` texts the model writes, each ending in ``". {}"`` (written once per
+    base model, count and seed in a process; the unedited model writes them)."""
     if n == 0:
         return ["{}"]
+    key = (lm.fingerprint, n, seed)
+    if lm.fingerprint.startswith("test:"):  # in-memory test models share fingerprints: never cached
+        return _write_templates(lm, n, seed)
+    if key not in _TEMPLATES:
+        _TEMPLATES[key] = _write_templates(lm, n, seed)
+    return list(_TEMPLATES[key])
+
+
+def _write_templates(lm, n: int, seed: int) -> list[str]:
+    import torch
+
     tok, model = lm.tokenizer, lm.model
     out = ["{}"]
     lengths = [5] * (n // 2) + [10] * (n - n // 2)
