@@ -161,3 +161,16 @@ def test_alphaedit_sequential_batches_edit_and_empty_null_space_is_an_error(llam
     assert min(after) > 0.3, after
     with pytest.raises(UsageError, match="has no null space at threshold"):
         alpha_fit(lm, reqs, AlphaEditConfig(threshold=1e-6, **cfg))
+
+
+@pytest.mark.parametrize("factory", ["llama_factory", "gpt2_factory"])
+def test_logits_at_selected_positions_equal_the_full_forward(factory, request):
+    from trustedit.methods.rome import logits_at
+
+    lm = request.getfixturevalue(factory)()
+    ids = torch.tensor([[5, 6, 7, 8, 9], [9, 8, 7, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    b, t = torch.tensor([0, 1, 0]), torch.tensor([4, 2, 1])
+    with torch.no_grad():
+        full = lm.model(input_ids=ids, attention_mask=mask).logits[b, t]
+        assert torch.allclose(logits_at(lm.model, ids, mask, b, t), full, atol=1e-5)

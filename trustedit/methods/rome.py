@@ -219,6 +219,20 @@ def compute_value(lm, layer: int, rows: list[Row], kl: list[Row], key, cfg: ROME
     return optimise_delta(lm, module, rows, kl, v0.norm().item(), cfg)
 
 
+def logits_at(model, input_ids, attention_mask, b_idx, t_idx):
+    """The LM's logits (float32) at positions ``(b_idx[i], t_idx[i])`` only: the decoder runs on the
+    whole batch, the vocabulary projection only where a loss reads it (at SmolLM2's 49k vocabulary
+    that projection is a third of a step's compute). Final logit soft-capping (Gemma) is applied."""
+    import torch
+
+    h = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    logits = model.get_output_embeddings()(h[b_idx, t_idx]).float()
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
 def optimise_delta(lm, module, rows: list[Row], kl: list[Row], ref_norm: float, cfg):
     """``(δ, record)``: the vector added to ``module``'s output at each row's subject token that
     minimises the target NLL + ``kl_factor`` x KL(base ‖ edited) on ``kl``'s last token +
@@ -255,9 +269,11 @@ def optimise_delta(lm, module, rows: list[Row], kl: list[Row], ref_norm: float, 
     kl_b = torch.arange(len(rows), len(all_rows))
     kl_t = torch.tensor([len(r.prompt_ids) - 1 for r in kl])
     ref = torch.tensor(max(ref_norm, 1e-8), device=device)
+    n_t = len(pos_b)
+    all_b = torch.cat([pos_b, kl_b]).to(device)
+    all_t = torch.cat([pos_t, kl_t]).to(device)
     with torch.no_grad():
-        base_logits = model(input_ids=inp, attention_mask=att).logits
-        base_kl = torch.log_softmax(base_logits[kl_b, kl_t].float(), -1)
+        base_kl = torch.log_softmax(logits_at(model, inp, att, all_b, all_t)[n_t:], -1)
         hidden = getattr(model.config, "hidden_size", None) or model.config.n_embd
     delta = torch.zeros(hidden, device=device, requires_grad=True)
     optim = torch.optim.Adam([delta], lr=cfg.v_lr)
@@ -265,11 +281,11 @@ def optimise_delta(lm, module, rows: list[Row], kl: list[Row], ref_norm: float, 
     with only_trainable(model, []), _add_at(module, all_rows, delta):
         for step in range(cfg.v_steps):
             optim.zero_grad()
-            logits = model(input_ids=inp, attention_mask=att).logits.float()
-            logp = torch.log_softmax(logits[pos_b, pos_t], -1).gather(-1, tgt[:, None])[:, 0]
+            logits = logits_at(model, inp, att, all_b, all_t)
+            logp = torch.log_softmax(logits[:n_t], -1).gather(-1, tgt[:, None])[:, 0]
             per_row = torch.zeros(len(rows), device=device).index_add(0, pos_b.to(device), -logp) / counts
             nll = per_row.mean()
-            edit_kl = torch.log_softmax(logits[kl_b, kl_t], -1)
+            edit_kl = torch.log_softmax(logits[n_t:], -1)
             kl_term = F.kl_div(edit_kl, base_kl, log_target=True, reduction="batchmean")
             decay = (delta.norm() / ref) ** 2
             loss = nll + cfg.kl_factor * kl_term + cfg.weight_decay * decay
@@ -288,8 +304,8 @@ def optimise_delta(lm, module, rows: list[Row], kl: list[Row], ref_norm: float, 
                 if delta.norm() > cap:
                     delta.mul_(cap / delta.norm())
     with torch.no_grad(), _add_at(module, all_rows, delta):
-        logits = model(input_ids=inp, attention_mask=att).logits.float()
-        logp = torch.log_softmax(logits[pos_b, pos_t], -1).gather(-1, tgt[:, None])[:, 0]
+        logits = logits_at(model, inp, att, all_b, all_t)
+        logp = torch.log_softmax(logits[:n_t], -1).gather(-1, tgt[:, None])[:, 0]
     prob = logp.exp().mean().item()
     record = {"steps": len(history), "final_nll": history[-1]["nll"], "target_prob": round(prob, 4),
               "converged": prob >= 0.5, "delta_norm_ratio": round((delta.norm() / ref).item(), 4)}
