@@ -60,14 +60,11 @@ def fit(lm, requests, cfg: AlphaEditConfig, stages=None):
     """Edit every request, ``edit_batch`` at a time, each batch on the model with the earlier ones
     in place; a :class:`~trustedit.patch.Patch` of the summed dense deltas (the model is left as it
     was, bit for bit)."""
-    import torch
-
     from trustedit import arch
     from trustedit.methods.closed_form import EditedKeys, alphaedit_update
     from trustedit.methods.key_stats import key_second_moments
     from trustedit.methods.memit import apply_batch
-    from trustedit.methods.rome import _weight, context_templates
-    from trustedit.patch import Delta, Patch
+    from trustedit.methods.rome import context_templates, dense_patch, restored
 
     set_seed(cfg.seed)
     requests = [r.check() for r in requests]
@@ -82,14 +79,13 @@ def fit(lm, requests, cfg: AlphaEditConfig, stages=None):
     t_stats = time.time() - t0
     templates = context_templates(lm, cfg.templates, cfg.seed)
     memory = {L: EditedKeys(C[L].shape[0]) for L in layers}
-    originals = {L: _weight(lm, L)[1].detach().clone() for L in layers}
     total = {L: None for L in layers}
     records, batches = [], []
 
     def update(W, K, R, layer):
         return alphaedit_update(W, K, R, P[layer], previous=memory[layer].matrix(), alpha=cfg.alpha)
 
-    try:
+    with restored(lm, layers):
         for b in range(0, len(requests), cfg.edit_batch):
             t1 = time.time()
             chunk = requests[b:b + cfg.edit_batch]
@@ -99,15 +95,7 @@ def fit(lm, requests, cfg: AlphaEditConfig, stages=None):
                 memory[L].add(keys[L])  # the batch's keys join the memory of edited keys (K_p)
             records += recs
             batches.append({"requests": len(chunk), "seconds": round(time.time() - t1, 2)})
-    finally:
-        with torch.no_grad():
-            for L, w in originals.items():
-                _weight(lm, L)[1].copy_(w)
-    out = {}
-    for L, dW in total.items():
-        pname, _, conv1d = _weight(lm, L)
-        out[pname] = Delta("dense", {"delta": (dW.T if conv1d else dW).float().contiguous()})
-    patch = Patch("alphaedit", out)
+    patch = dense_patch(lm, total, "alphaedit")
     patch.manifest["training"] = {"layers": layers, "requests": len(requests), "null_space_dims": dims,
                                   "stats": stats, "stats_seconds": round(t_stats, 2), "batches": batches,
                                   "converged": sum(r["converged"] for r in records), "per_request": records,

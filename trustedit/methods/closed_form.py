@@ -49,9 +49,9 @@ def second_moment(keys: torch.Tensor) -> torch.Tensor:
     return k.T @ k / k.shape[0]
 
 
-def rome_update(W: torch.Tensor, k: torch.Tensor, v: torch.Tensor, C: torch.Tensor | None = None) -> torch.Tensor:
-    """ROME's rank-one ``ΔW`` (``W``'s shape) that maps key ``k`` (``d_in``) to value ``v``
-    (``d_out``); ``C`` (``d_in x d_in``) the keys' second moment, None for the identity."""
+def rome_factors(W: torch.Tensor, k: torch.Tensor, v: torch.Tensor, C: torch.Tensor | None = None):
+    """ROME's update as its two factors ``(Λ, u)`` (float64), ``ΔW = Λ uᵀ`` with ``u = C⁻¹k*``
+    (``k*`` itself when ``C`` is None) and ``Λ = (v* − W k*) / (uᵀ k*)``."""
     for name, x in (("W", W), ("key", k), ("value", v)) + ((("C", C),) if C is not None else ()):
         _check(name, x)
     W64, k64, v64 = _f64(W), _f64(k).reshape(-1), _f64(v).reshape(-1)
@@ -61,7 +61,13 @@ def rome_update(W: torch.Tensor, k: torch.Tensor, v: torch.Tensor, C: torch.Tens
         from trustedit.errors import NumericalError
 
         raise NumericalError("ROME: (C⁻¹k*)ᵀk* is zero: the key is null (or C singular along it); no update")
-    lam = (v64 - W64 @ k64) / denom
+    return (v64 - W64 @ k64) / denom, u
+
+
+def rome_update(W: torch.Tensor, k: torch.Tensor, v: torch.Tensor, C: torch.Tensor | None = None) -> torch.Tensor:
+    """ROME's rank-one ``ΔW`` (``W``'s shape) that maps key ``k`` (``d_in``) to value ``v``
+    (``d_out``); ``C`` (``d_in x d_in``) the keys' second moment, None for the identity."""
+    lam, u = rome_factors(W, k, v, C)
     return torch.outer(lam, u).to(W.dtype)
 
 

@@ -69,15 +69,14 @@ def _residual_at(lm, layer: int, rows_per_request):
 
     from trustedit import arch
     from trustedit.hooks import capture
+    from trustedit.methods.rome import _batch
 
     name = f"{arch.arch_for(lm.model).layers}.{layer}"
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    dev = next(lm.model.parameters()).device
     cols = []
     for rows in rows_per_request:
-        from trustedit.methods.rome import _batch
-
-        pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
         ids, mask = _batch(rows, pad, with_targets=False)
-        dev = next(lm.model.parameters()).device
         with torch.no_grad(), capture(lm.model, [name]) as st:
             lm.model(input_ids=ids.to(dev), attention_mask=mask.to(dev))
         h = st[name][0]
@@ -141,12 +140,9 @@ def apply_batch(lm, requests, cfg, C: dict, templates, update=None, edited=None)
 def fit(lm, requests, cfg: MEMITConfig, stages=None):
     """One batch edit of every request; a :class:`~trustedit.patch.Patch` of dense deltas on the
     edited down-projections (the model is left as it was, bit for bit)."""
-    import torch
-
     from trustedit import arch
     from trustedit.methods.key_stats import key_second_moments
-    from trustedit.methods.rome import _weight, context_templates
-    from trustedit.patch import Delta, Patch
+    from trustedit.methods.rome import context_templates, dense_patch, restored
 
     set_seed(cfg.seed)
     requests = [r.check() for r in requests]
@@ -159,18 +155,9 @@ def fit(lm, requests, cfg: MEMITConfig, stages=None):
     C, stats = key_second_moments(lm, layers, cfg.stats_tokens)
     t_stats = time.time() - t0
     templates = context_templates(lm, cfg.templates, cfg.seed)
-    originals = {L: _weight(lm, L)[1].detach().clone() for L in layers}
-    try:
+    with restored(lm, layers):
         deltas, records, _ = apply_batch(lm, requests, cfg, C, templates)
-    finally:
-        with torch.no_grad():
-            for L, w in originals.items():
-                _weight(lm, L)[1].copy_(w)
-    out = {}
-    for L, dW in deltas.items():
-        pname, _, conv1d = _weight(lm, L)
-        out[pname] = Delta("dense", {"delta": (dW.T if conv1d else dW).float().contiguous()})
-    patch = Patch("memit", out)
+    patch = dense_patch(lm, deltas, "memit")
     patch.manifest["training"] = {"layers": layers, "requests": len(requests), "stats": stats,
                                   "stats_seconds": round(t_stats, 2), "templates": len(templates),
                                   "converged": sum(r["converged"] for r in records), "per_request": records,

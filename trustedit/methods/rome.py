@@ -188,6 +188,33 @@ def _weight(lm, layer: int):
     return name + ".weight", (mod.weight.T if conv1d else mod.weight), conv1d
 
 
+@contextmanager
+def restored(lm, layers):
+    """Within the block the editors change the down-projections of ``layers`` in place; on exit
+    (also on error) they are put back bit for bit."""
+    import torch
+
+    originals = {L: _weight(lm, L)[1].detach().clone() for L in layers}
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for L, w in originals.items():
+                _weight(lm, L)[1].copy_(w)
+
+
+def dense_patch(lm, deltas: dict, method: str):
+    """A :class:`~trustedit.patch.Patch` of ``{layer: ΔW}`` (``d_out x d_in``) on the down-projections,
+    stored in each parameter's own orientation (transposed for Conv1D)."""
+    from trustedit.patch import Delta, Patch
+
+    out = {}
+    for L, dW in deltas.items():
+        pname, _, conv1d = _weight(lm, L)
+        out[pname] = Delta("dense", {"delta": (dW.T if conv1d else dW).float().contiguous()})
+    return Patch(method, out)
+
+
 # ---- step 2: the key ----------------------------------------------------------------------------
 
 
@@ -317,20 +344,14 @@ def optimise_delta(lm, module, rows: list[Row], kl: list[Row], ref_norm: float, 
 
 def edit_one(lm, request, layer: int, templates, C, cfg: ROMEConfig):
     """``(u, Λ, record)`` for one request on the model as it is: ``ΔW = Λ uᵀ``."""
-    import torch
-
-    from trustedit.methods.closed_form import rome_update
+    from trustedit.methods.closed_form import rome_factors
 
     rows = request_rows(lm, request, templates)
     key = compute_key(lm, layer, rows)
     delta, record = compute_value(lm, layer, rows, kl_rows(lm, request), key, cfg)
     _, W, _ = _weight(lm, layer)
     W64 = W.detach().double().cpu()
-    dW = rome_update(W64, key, W64 @ key + delta, C)  # rank one: Λ uᵀ
-    # factor it exactly: Λ = δ / (uᵀk*) and u = C⁻¹k* (or k*)
-    u = key if C is None else torch.linalg.solve(C, key)
-    lam = delta / (u @ key)
-    assert torch.allclose(dW, torch.outer(lam, u), rtol=1e-6, atol=1e-9)
+    lam, u = rome_factors(W64, key, W64 @ key + delta, C)  # Λ = δ / (uᵀk*) up to rounding
     record["key_norm"] = round(key.norm().item(), 4)
     return u, lam, record
 
@@ -360,9 +381,8 @@ def fit(lm, requests, cfg: ROMEConfig, stages=None):
     t_stats = time.time() - t0
     templates = context_templates(lm, cfg.templates, cfg.seed)
     pname, W, conv1d = _weight(lm, L)
-    original = W.detach().clone()
     us, lams, records = [], [], []
-    try:
+    with restored(lm, [L]):
         for req in tqdm(requests, desc="rome", unit="edit"):
             t1 = time.time()
             u, lam, rec = edit_one(lm, req, L, templates, C, cfg)
@@ -372,9 +392,6 @@ def fit(lm, requests, cfg: ROMEConfig, stages=None):
             us.append(u)
             lams.append(lam)
             records.append(rec)
-    finally:
-        with torch.no_grad():
-            W.copy_(original)
     B = torch.stack(lams, 1).float()  # d_out x n
     A = torch.stack(us, 0).float()  # n x d_in
     delta = Delta("lowrank", {"B": A.T.contiguous(), "A": B.T.contiguous()} if conv1d else {"B": B, "A": A})
