@@ -2,7 +2,8 @@
 
 Steps (pure functions below):
 
-1. :func:`attributions` — integrated gradients of the probability of each private token. The
+1. :func:`attributions` — integrated gradients (:func:`trustedit.methods.attribution.ig_attributions`,
+   shared with knowledge neurons) of the probability of each private token. The
    *target positions* are the ones that predict the secret's tokens (the last prompt token and
    every secret token but the last). A *neuron* is one input unit of a layer's MLP
    down-projection. The activation vectors at the target positions are replaced by
@@ -67,72 +68,16 @@ def _layers(model, cfg):
 def attributions(lm, item, layers, steps: int = 20):
     """IG attributions of one secret (:class:`trustedit.data.privacy.SecretTokens`):
     ``(tensor [len(layers), d_ff], p_observed, p_zero)``; ``p_*`` are the summed probabilities of
-    the secret's tokens with the observed activations and with all of them zeroed."""
-    import torch
+    the secret's tokens with the observed activations and with all of them zeroed. The joint path of
+    :func:`trustedit.methods.attribution.ig_attributions` over the target positions."""
+    from trustedit.methods.attribution import ig_attributions
 
-    from trustedit import arch
-    from trustedit.prompts import PrefixCache, cache_kwarg
-
-    model = lm.model
-    spec = arch.arch_for(model)
-    mods = [arch.get_module(model, arch.layer_path(model, l, spec.down)) for l in layers]
-    device = next(model.parameters()).device
     prompt, secret = list(item.prompt_ids), list(item.secret_ids)
-    cont = prompt[-1:] + secret[:-1]  # the target positions: each predicts the next secret token
-    head = prompt[:-1]
-    # a secret at the very start of its text has no position predicting its first token
-    target = torch.tensor(secret[len(secret) - len(cont):], device=device)
-    m = steps
-    alphas = torch.arange(1, m + 1, device=device, dtype=torch.float32) / m
-    obs: list = [None] * len(mods)
-    repl: list = [None] * len(mods)
-
-    def run(rows, mode):
-        ids = torch.tensor([cont] * rows, device=device)
-        kw = {}
-        if head:
-            cache = PrefixCache(model, head).expand(rows)
-            kw = {cache_kwarg(model): cache, "use_cache": True,
-                  "attention_mask": torch.ones((rows, len(head) + len(cont)), dtype=torch.long, device=device)}
-        handles = []
-        for j, mod in enumerate(mods):
-            def hook(module, inputs, j=j):
-                x = inputs[0]
-                if mode == "observe":
-                    obs[j] = x.detach()[0].float()
-                    return None
-                if mode == "zero":
-                    return (torch.zeros_like(x),)
-                r = alphas.view(-1, 1, 1) * obs[j].unsqueeze(0)
-                r.requires_grad_(True)
-                repl[j] = r
-                return (r.to(x.dtype),)
-            handles.append(mod.register_forward_pre_hook(hook))
-        try:
-            logits = model(input_ids=ids, **kw).logits.float()
-        finally:
-            for h in handles:
-                h.remove()
-        return torch.softmax(logits, -1).gather(-1, target.view(1, -1, 1).expand(rows, -1, 1)).squeeze(-1).sum(-1)
-
-    was = model.training
-    model.eval()
-    saved = {n: p.requires_grad for n, p in model.named_parameters()}
-    try:
-        for p in model.parameters():
-            p.requires_grad_(False)
-        with torch.no_grad():
-            p_obs = float(run(1, "observe")[0])
-            p_zero = float(run(1, "zero")[0])
-        with torch.enable_grad():
-            probs = run(m, "ig")
-            grads = torch.autograd.grad(probs.sum(), repl)
-        attr = torch.stack([(o * g.mean(0)).sum(0) for o, g in zip(obs, grads)])  # [layers, d_ff]
-    finally:
-        for n, p in model.named_parameters():
-            p.requires_grad_(saved[n])
-        model.train(was)
-    return attr.detach().cpu(), p_obs, p_zero
+    ids = prompt + secret[:-1]
+    # the target positions: the last prompt token and every secret token but the last, each predicting
+    # the next secret token (a secret at the very start of its text has no position predicting its first)
+    n = len(ids) - max(0, len(prompt) - 1)
+    return ig_attributions(lm, ids, secret[len(secret) - n:], layers, steps, path="joint")
 
 
 def select(attrs, item_threshold: float, share: float, neurons: int):

@@ -77,6 +77,13 @@ def _suite_fields(names) -> dict:
     return out
 
 
+def _parse_ints(text: str) -> list:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
 def _parse_list(text: str) -> list:
     return [] if text.strip().lower() in ("", "none") else [x.strip() for x in text.split(",") if x.strip()]
 
@@ -130,6 +137,16 @@ def _add_job_parser(sub, spec) -> None:
                        help="fluency budget: choose the method's strength (ext-sub/negation: λ and scale; profs: k and "
                             "layers) on held-out RTP prompts so that the continuations' perplexity rises by at most F "
                             "(0.10 = +10 %%) under the base model and the --ppl-judge model")
+    if spec.edit_modes:
+        e = p.add_argument_group("editing modes")
+        e.add_argument("--mode", default="single", choices=["single", "batch", "sequential"],
+                       help="single: edit, measure and revert each case (default); batch: one fit of every case; "
+                            "sequential: keep fits of --edit-batch cases one after another (adds the retention suite)")
+        e.add_argument("--n", type=int, default=None, metavar="N", help="edit the first N cases of the dataset")
+        e.add_argument("--edit-batch", type=int, default=None, metavar="B",
+                       help="sequential: cases per fit (default: the method's edit_batch, else 1)")
+        e.add_argument("--checkpoints", type=_parse_ints, default=None, metavar="N1,N2,...",
+                       help="sequential: also measure after these numbers of edits (default 10,100,1000 below --n)")
     if "dinm" in spec.methods:
         g.add_argument("--sequential", action="store_true", help="per-instance methods: keep every edit and save their "
                                                                  "sum as patch/ (default: edit -> evaluate -> revert)")
@@ -142,6 +159,8 @@ def _add_job_parser(sub, spec) -> None:
     names = []
     for m in spec.methods:
         names += [x for x in _expand(spec.suites_for(m)) if x not in names]
+    if spec.edit_modes and "retention" not in names:  # batch and sequential runs add it
+        names.append("retention")
     _add_suite_flags(p, names)
 
 
@@ -337,12 +356,38 @@ def job_plan(args):
     elif getattr(args, "sweep_layers", None) or getattr(args, "sweep_ranks", None):
         raise UsageError("--sweep-layers / --sweep-ranks need --sweep")
     suites = args.suites
+    if spec.edit_modes:
+        return _edit_job_plan(args, spec, opts, method, values)
     if suites is None and getattr(args, "dataset", None) is not None:
         suites = list(spec.suites_for(method, args.dataset))
     return plan(spec, opts, method, suites=suites, suite_values=values, explicit=set(values),
                 baselines=not getattr(args, "no_baselines", False), sequential=getattr(args, "sequential", False),
                 sweep=sweep, task=("debias-sweep" if sweep else None),
                 max_ppl_increase=getattr(args, "max_ppl_increase", None))
+
+
+def _edit_job_plan(args, spec, opts, method, values):
+    """`trustedit edit`: --dataset sets the instance suite's data option, --n its size."""
+    from trustedit.errors import UsageError
+    from trustedit.job import plan
+
+    if args.dataset not in spec.datasets:
+        raise UsageError(f"--dataset {args.dataset!r}: expected one of {', '.join(spec.datasets)}")
+    if spec.dataset_option in values and values[spec.dataset_option] != args.dataset:
+        raise UsageError(f"--dataset {args.dataset} and --{spec.dataset_option.replace('_', '-')} "
+                         f"{values[spec.dataset_option]} disagree: give one")
+    values[spec.dataset_option] = args.dataset
+    if args.n is not None:
+        if args.n < 1:
+            raise UsageError(f"--n {args.n}: expected an integer >= 1")
+        values["edits"] = args.n
+    suites = args.suites or (list(spec.suites) + ([] if args.mode == "single" else ["retention"]))
+    checkpoints = args.checkpoints
+    if checkpoints is None and args.mode == "sequential":
+        n = args.n or args.limit
+        checkpoints = [c for c in (10, 100, 1000) if n is None or c < n]
+    return plan(spec, opts, method, suites=suites, suite_values=values, explicit=set(values), mode=args.mode,
+                edit_batch=args.edit_batch, checkpoints=checkpoints)
 
 
 def eval_plan(args):

@@ -80,6 +80,11 @@ class Plan:
     instance_suite: str | None = None
     patch_in: str | None = None  # eval --patch: a saved patch applied before measuring
     budget: float | None = None  # --max-ppl-increase: the method's strength is chosen on held-out prompts
+    # `trustedit edit`: single (edit, measure, revert each request), batch (one fit of every request) or
+    # sequential (fits of ``edit_batch`` requests kept one after another, measured at ``checkpoints``)
+    mode: str | None = None
+    edit_batch: int = 1
+    checkpoints: tuple = ()
 
     @property
     def protocol(self) -> str:
@@ -87,14 +92,22 @@ class Plan:
             return "sweep"
         if self.method is None:
             return "patched" if self.patch_in else "none"
+        if self.mode == "batch":
+            return "batch"
+        if self.mode == "sequential":
+            return "sequential"
         if self.method.protocol == "per_instance":
             return "sequential" if self.sequential else "per_instance"
         return "whole"
 
 
+EDIT_MODES = ("single", "batch", "sequential")
+
+
 def plan(spec=None, opts: JobOptions | None = None, method: str | None = None, *, suites=None, suite_values=None,
          explicit=(), baselines: bool = True, sequential: bool = False, sweep=None, task: str | None = None,
-         patch: str | None = None, max_ppl_increase: float | None = None) -> Plan:
+         patch: str | None = None, max_ppl_increase: float | None = None, mode: str | None = None,
+         edit_batch: int | None = None, checkpoints=None) -> Plan:
     """Resolve a job: its suites (groups expanded) with their options, its method and config (built
     and validated here, before any model pass), and check that every option applies.
 
@@ -145,6 +158,8 @@ def plan(spec=None, opts: JobOptions | None = None, method: str | None = None, *
     for n, s in objs.items():
         sopts[n] = s.Options(**{k: v for k, v in suite_values.items() if k in owned[n] and v is not None})
 
+    if mode is not None:
+        return _edit_plan(spec, opts, m, cfg, objs, sopts, explicit, names, mode, edit_batch, checkpoints, task)
     instance_suite = None
     if m is not None and m.protocol == "per_instance":
         cands = [n for n in names if objs[n].has_instances]
@@ -178,6 +193,33 @@ def plan(spec=None, opts: JobOptions | None = None, method: str | None = None, *
         check_budget(max_ppl_increase, m, names, sweep, sopts)
     return Plan(task, opts, objs, sopts, frozenset(explicit), m, cfg, spec, baselines, sequential, points,
                 instance_suite, patch, max_ppl_increase)
+
+
+def _edit_plan(spec, opts, m, cfg, objs, sopts, explicit, names, mode, edit_batch, checkpoints, task) -> Plan:
+    """The plan of `trustedit edit`: a request editor, the suite whose cases it edits, the mode."""
+    if mode not in EDIT_MODES:
+        raise UsageError(f"--mode {mode!r}: expected {', '.join(EDIT_MODES)}")
+    if m is None or not m.edits_requests:
+        raise UsageError(f"--mode applies to editors of edit requests, not to {m.name if m else 'an evaluation'}")
+    cands = [n for n in names if objs[n].has_instances]
+    if not cands:
+        raise UsageError(f"{m.name} edits requests; none of the suites {', '.join(names)} has editable cases")
+    instance_suite = cands[0]
+    others = [n for n in names if n != instance_suite]
+    if mode == "single" and others:
+        raise UsageError(f"--mode single reverts every edit after measuring its case, so the suite(s) {', '.join(others)} "
+                         "would measure the base model twice; use --mode batch or sequential, or drop them")
+    if edit_batch is None:
+        edit_batch = getattr(cfg, "edit_batch", 1) if mode == "sequential" else 1
+    if isinstance(edit_batch, bool) or not isinstance(edit_batch, int) or edit_batch < 1:
+        raise UsageError(f"--edit-batch {edit_batch!r}: expected an integer >= 1")
+    if mode != "sequential" and (checkpoints or edit_batch != 1):
+        raise UsageError("--checkpoints and --edit-batch apply to --mode sequential")
+    cps = tuple(sorted(set(checkpoints or ())))
+    if any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in cps):
+        raise UsageError(f"--checkpoints {list(cps)}: expected positive integers")
+    return Plan(task or spec.name, opts, objs, sopts, frozenset(explicit), m, cfg, spec, True, mode == "sequential",
+                None, instance_suite, None, None, mode, edit_batch, cps)
 
 
 def check_budget(value, m, names, sweep, sopts) -> None:
@@ -363,6 +405,7 @@ def run(p: Plan) -> dict:
     base, cache_info, known = base_passes(p, lm, items, timer)
 
     post, variants, patch, train, edits, points, budget = None, {}, None, None, None, None, None
+    curve_raw = None
     if p.sweep is not None:
         points = _sweep(p, lm, items, base, job, timer, ctx)
     elif patch_in is not None:
@@ -372,7 +415,7 @@ def run(p: Plan) -> dict:
                 post = {n: measure(s, lm, items[n], o.batch_size, False)[0] for n, s in p.suites.items()}
             finally:
                 patch_in.revert(lm.model)
-    elif p.method is not None and p.method.protocol == "whole":
+    elif p.method is not None and p.method.protocol == "whole" and p.mode is None:
         with timer("train_data"):
             train = build_train(p.method, lm, job)
         if p.budget is not None:
@@ -403,6 +446,8 @@ def run(p: Plan) -> dict:
                             patch.apply(lm.model)
         finally:
             patch.revert(lm.model)  # scoring runs against the base model
+    elif p.mode in ("batch", "sequential"):
+        post, patch, edits, curve_raw = _edit_run(p, lm, items, timer)
     elif p.method is not None:
         post, patch, edits = _per_instance(p, lm, items, timer)
     if not distributed.is_main():  # the other ranks helped with the passes; rank 0 scores and writes
@@ -433,6 +478,9 @@ def run(p: Plan) -> dict:
         results["training_data"] = train.describe()
     if edits is not None:
         results["edits"] = edits
+    if curve_raw is not None:
+        with timer("score"):
+            results["curve"] = _score_curve(p, items, base, pre_scores, curve_raw, ctx)
     if points is not None:
         results["points"] = points
     if budget is not None:
@@ -461,6 +509,10 @@ def run(p: Plan) -> dict:
         rundir.write_json(tmp / "results.json", results)
         rundir.write_jsonl(tmp / "samples.jsonl", samples)
         (tmp / "summary.md").write_text(summary(results), encoding="utf-8")
+        if results.get("curve"):
+            from trustedit.report import plot_curve
+
+            plot_curve(results, tmp / "curve.svg")
         if points is not None and p.spec is not None and p.spec.sweep_plot:
             from trustedit.report import plot_sweep
 
@@ -541,6 +593,83 @@ def _per_instance(p: Plan, lm, items: dict, timer):
         total = sum_patches(kept, m.name)
         total.manifest["training"] = {"edits": [e["training"] for e in edits], "combined": "sum of the sequential deltas"}
     return post, total, edits
+
+
+def _edit_run(p: Plan, lm, items: dict, timer):
+    """``batch``: one fit of every case's request. ``sequential``: fits of ``edit_batch`` requests,
+    each on the model with the earlier ones in place (an editor's memory, e.g. AlphaEdit's edited
+    keys, lives in the run's shared ``state``); at each checkpoint N the cases edited so far are
+    measured (every other suite too), and after the last fit every suite. Returns ``(post, the
+    summed patch, per-fit records, {N: raws})``."""
+    from tqdm.auto import tqdm
+
+    from trustedit.methods.requests import RequestBatch
+    from trustedit.patch import sum_patches
+
+    o, m, name = p.opts, p.method, p.instance_suite
+    suite = p.suites[name]
+    requests = suite.instances(items[name])
+    size = len(requests) if p.mode == "batch" else p.edit_batch
+    chunks = [requests[i:i + size] for i in range(0, len(requests), size)]
+    marks = sorted({c for c in p.checkpoints if c < len(requests)})
+    state: dict = {}
+    kept, edits, curve = [], [], {}
+    done = 0
+    try:
+        with timer("edit"):
+            for chunk in tqdm(chunks, desc=f"{m.name}: {p.mode}", leave=False):
+                t0 = time.perf_counter()
+                patch = m.fit(lm, RequestBatch(chunk, state), p.cfg)
+                patch.apply(lm.model)
+                kept.append(patch)
+                done += len(chunk)
+                edits.append({"items": [r.id for r in chunk], "edited_so_far": done,
+                              "training": patch.manifest.get("training"),
+                              "seconds": {"fit": round(time.perf_counter() - t0, 2)}})
+                while marks and marks[0] <= done:
+                    marks.pop(0)
+                    with timer("checkpoint_eval"):
+                        raws = {name: measure(suite, lm, suite.select(items[name], list(range(done))), o.batch_size,
+                                              False)[0]}
+                        for sn, s in p.suites.items():
+                            if sn != name:
+                                raws[sn] = measure(s, lm, items[sn], o.batch_size, False)[0]
+                    curve[done] = raws
+        with timer("post_eval"):
+            post = {n: measure(s, lm, items[n], o.batch_size, False)[0] for n, s in p.suites.items()}
+        curve[done] = post
+    finally:
+        for patch in reversed(kept):
+            patch.revert(lm.model)
+    total = sum_patches(kept, m.name) if len(kept) > 1 else kept[0]
+    if len(kept) > 1:
+        total.manifest["training"] = {"fits": [e["training"] for e in edits],
+                                      "combined": "sum of the sequential deltas"}
+    return post, total, edits, (curve if p.mode == "sequential" else None)
+
+
+def _score_curve(p: Plan, items, base, pre_scores, curve_raw, ctx) -> list[dict]:
+    """Metrics against the number of sequential edits: the instance suite on the cases edited so far
+    (paired with the base model on the same cases), every other suite whole."""
+    from trustedit.metrics.scores import entry
+
+    name = p.instance_suite
+    suite = p.suites[name]
+    out = []
+    for n, raws in sorted(curve_raw.items()):
+        metrics = {}
+        for sn, s in p.suites.items():
+            if sn == name:
+                sel = list(range(n))
+                its = suite.select(items[name], sel)
+                b = suite.pick(base[name], sel)
+                pre = s.score(b, None, its, ctx)
+                post = s.score(raws[sn], b, its, ctx)
+            else:
+                pre, post = pre_scores[sn], s.score(raws[sn], base[sn], items[sn], ctx)
+            metrics[sn] = {k: entry(pre[k], post[k], 200, p.opts.seed) for k in pre if k in post}
+        out.append({"edits": n, "metrics": metrics})
+    return out
 
 
 def _sweep(p: Plan, lm, items, base, job, timer, ctx) -> list[dict]:

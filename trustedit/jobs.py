@@ -32,6 +32,10 @@ class JobSpec:
     # ``"module:attr"`` of a builder of the training items of every method of this job, in place of
     # each method's own ``train`` (e.g. ft-m fitted on the privacy targets rather than sanitation)
     train: str | None = None
+    # ``--dataset`` sets this option of the instance suite instead of naming a suite (e.g. knowedit's
+    # edit_data), and ``--mode`` chooses single / batch / sequential editing (`trustedit edit`)
+    dataset_option: str | None = None
+    edit_modes: bool = False
 
     @property
     def out(self) -> str:
@@ -39,7 +43,7 @@ class JobSpec:
 
     def suites_for(self, method: str | None, dataset: str | None = None) -> tuple[str, ...]:
         suites = tuple(self.method_suites.get(method, self.suites))
-        if dataset is not None and self.datasets:
+        if dataset is not None and self.datasets and self.dataset_option is None:
             if dataset not in self.datasets:
                 from trustedit.errors import UsageError
 
@@ -89,6 +93,16 @@ JOBS: dict[str, JobSpec] = {
                     "retention before and after; --model is the folder `trustedit memorize` wrote. Secrets are "
                     "masked in every output unless --show-pii. Writes results.json, samples.jsonl, summary.md and "
                     "patch/."),
+    "edit": JobSpec(
+        "edit", "correct or insert facts (ROME, MEMIT, AlphaEdit, FT-M, KN) and measure them the KnowEdit way",
+        methods=("rome", "memit", "alphaedit", "ft-m", "kn"), suites=("knowedit",), edit_modes=True,
+        datasets=("zsre", "counterfact", "recent", "wikibio", "cf", "zsre-mend"), dataset_option="edit_data",
+        description="Edit facts with a locate-then-edit editor and measure the knowedit suite (edit success, "
+                    "portability, locality, fluency; teacher-forced and generation protocols side by side) before "
+                    "and after. --mode single edits, measures and reverts each case; batch fits every case at "
+                    "once; sequential keeps fits of --edit-batch cases one after another, measures the cases "
+                    "edited so far at --checkpoints, and adds the retention suite. Writes results.json, "
+                    "samples.jsonl, summary.md, patch/ (batch, sequential) and curve.svg (sequential)."),
 }
 
 

@@ -24,6 +24,10 @@ METHODS: dict[str, str] = {
     "depn": "trustedit.privacy.depn:METHOD",
     "depn-random": "trustedit.privacy.depn:RANDOM",
     "revs": "trustedit.privacy.revs:METHOD",
+    "rome": "trustedit.methods.rome:METHOD",
+    "memit": "trustedit.methods.memit:METHOD",
+    "alphaedit": "trustedit.methods.alphaedit:METHOD",
+    "kn": "trustedit.methods.kn:METHOD",
 }
 
 # Evaluation suites (trustedit/suites/, one file each): name -> the Suite object.
@@ -39,6 +43,7 @@ SUITES: dict[str, str] = {
     "extsub-greedy": "trustedit.suites.extsub_greedy:SUITE",
     "safeedit": "trustedit.suites.safeedit:SUITE",
     "privacy": "trustedit.suites.privacy:SUITE",
+    "knowedit": "trustedit.suites.knowedit:SUITE",
 }
 
 # Groups of suites, usable wherever a suite name is.

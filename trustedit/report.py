@@ -166,6 +166,8 @@ def summary(r: dict) -> str:
         for s, ms in r["metrics"].items():
             lines += [f"## {s} ({what})", "", metric_table(ms, _headline(s)), ""]
             lines += _resolution(s, ms)
+    if r.get("curve"):
+        lines += _curve_table(r)
     if r.get("variants"):
         lines += _variants_table(r)
     if r.get("budget"):
@@ -263,6 +265,62 @@ def _variants_table(r: dict) -> list[str]:
                 cells.append("–" if ve is None else f"{fmt(ve['post']['value'], ve)} ({fmt(ve['delta']['value'], ve)})")
             out.append(f"| {s}/{k}{unit_label(e)} | {fmt(e['pre']['value'], e)} | " + " | ".join(cells) + " |")
     return out + [""]
+
+
+def _curve_table(r: dict) -> list[str]:
+    """Sequential editing: the metrics after N edits (the edited cases so far; other suites whole)."""
+    cols = []
+    for s, ms in r["metrics"].items():
+        cols += [(s, k) for k in _ordered(ms, _headline(s))[: 8 if s == "knowedit" else 3]]
+    out = ["## Sequential edits (after N edits: the N cases edited so far, other suites whole; curve.svg)", "",
+           "| N | " + " | ".join(f"{s}/{k}" for s, k in cols) + " |", "|---|" + "---|" * len(cols),
+           "| 0 (base) | " + " | ".join(fmt(r["metrics"][s][k]["pre"]["value"], r["metrics"][s][k]) for s, k in cols)
+           + " |"]
+    for pt in r["curve"]:
+        cells = []
+        for s, k in cols:
+            e = pt["metrics"].get(s, {}).get(k)
+            cells.append("–" if e is None or e.get("post") is None else fmt(e["post"]["value"], e))
+        out.append(f"| {pt['edits']} | " + " | ".join(cells) + " |")
+    return out + [""]
+
+
+def plot_curve(r: dict, path) -> None:
+    """curve.svg: each suite's metrics against the number of sequential edits (log scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    matplotlib.rcParams["svg.hashsalt"] = "trustedit"
+    suites = list(r["metrics"])
+    fig, axes = plt.subplots(1, len(suites), figsize=(6 * len(suites), 4.2), squeeze=False)
+    for ax, s in zip(axes[0], suites):
+        keys = [k for k in _ordered(r["metrics"][s], _headline(s))
+                if r["metrics"][s][k].get("display") == "percent"][:8]
+        for k in keys:
+            scale = 100 if r["metrics"][s][k].get("unit") == "fraction" else 1
+            xs, ys = [0], [scale * r["metrics"][s][k]["pre"]["value"]]
+            for pt in r["curve"]:
+                e = pt["metrics"].get(s, {}).get(k)
+                if e and e.get("post") is not None:
+                    xs.append(pt["edits"])
+                    ys.append(scale * e["post"]["value"])
+            ax.plot(xs, ys, "o-", label=k, linestyle="--" if k.endswith("_gen") else "-")
+        ax.set_xscale("symlog", linthresh=1)
+        ax.set_xlabel("sequential edits N")
+        ax.set_ylabel("%")
+        ax.set_title(s, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{r['method']['name']}: metrics after N sequential edits on {r['model'].get('spec')}", fontsize=10)
+    fig.tight_layout()
+    tmp = str(path) + ".tmp"
+    fig.savefig(tmp, format="svg", metadata={"Date": None})
+    plt.close(fig)
+    import os
+
+    os.replace(tmp, str(path))
 
 
 def _points_table(r: dict) -> list[str]:

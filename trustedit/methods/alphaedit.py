@@ -28,7 +28,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from trustedit.methods.base import opt, set_seed
+from trustedit.methods.base import Method, opt, set_seed
 from trustedit.methods.memit import MEMITConfig, layer_list
 
 
@@ -66,19 +66,26 @@ def fit(lm, requests, cfg: AlphaEditConfig, stages=None):
     from trustedit.methods.memit import apply_batch
     from trustedit.methods.rome import context_templates, dense_patch, restored
 
-    set_seed(cfg.seed)
-    requests = [r.check() for r in requests]
-    if not requests:
-        from trustedit.errors import UsageError
+    from trustedit.methods.requests import as_requests
 
-        raise UsageError("alphaedit: no edit request to apply")
+    set_seed(cfg.seed)
+    requests = as_requests(requests, "alphaedit")
     layers = layer_list(cfg, arch.num_layers(lm.model))
     t0 = time.time()
-    C, stats = key_second_moments(lm, layers, cfg.stats_tokens)
-    P, dims = projectors(C, cfg.threshold)
+    # a sequential run keeps the statistics, the projectors and the edited keys across its fits
+    state = requests.state.setdefault("alphaedit", {})
+    if state.get("layers") not in (None, layers):
+        from trustedit.errors import UsageError
+
+        raise UsageError("alphaedit: the layers changed in the middle of a sequential run")
+    if "P" not in state:
+        C, stats = key_second_moments(lm, layers, cfg.stats_tokens)
+        P, dims = projectors(C, cfg.threshold)
+        state.update(layers=layers, C=C, stats=stats, P=P, dims=dims,
+                     memory={L: EditedKeys(C[L].shape[0]) for L in layers})
+    C, stats, P, dims, memory = state["C"], state["stats"], state["P"], state["dims"], state["memory"]
     t_stats = time.time() - t0
     templates = context_templates(lm, cfg.templates, cfg.seed)
-    memory = {L: EditedKeys(C[L].shape[0]) for L in layers}
     total = {L: None for L in layers}
     records, batches = [], []
 
@@ -98,6 +105,13 @@ def fit(lm, requests, cfg: AlphaEditConfig, stages=None):
     patch = dense_patch(lm, total, "alphaedit")
     patch.manifest["training"] = {"layers": layers, "requests": len(requests), "null_space_dims": dims,
                                   "stats": stats, "stats_seconds": round(t_stats, 2), "batches": batches,
+                                  "edited_keys_in_memory": {L: int(m.n) for L, m in memory.items()},
                                   "converged": sum(r["converged"] for r in records), "per_request": records,
                                   "seconds": round(time.time() - t0, 2)}
     return patch
+
+
+METHOD = Method(
+    name="alphaedit", config=AlphaEditConfig, fit=fit, protocol="per_instance", edits_requests=True,
+    citation="Fang et al. 2025, AlphaEdit: Null-Space Constrained Knowledge Editing for Language Models (ICLR)",
+    summary="MEMIT's update projected onto the null space of the preserved keys, for sequential editing")

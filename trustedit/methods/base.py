@@ -462,6 +462,9 @@ class Method:
     # ``budget_grid(cfg) -> [(label, {option: value})]``: the strengths a fluency budget
     # (``--max-ppl-increase``) chooses from; None: the method takes no budget
     budget_grid: object = None
+    # ``fit`` takes edit requests (:mod:`trustedit.methods.requests`): one, or a batch of them, so that
+    # ``trustedit edit`` can run it in single, batch and sequential modes
+    edits_requests: bool = False
 
     def __post_init__(self):
         if self.protocol not in PROTOCOLS:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from trustedit.methods.base import MethodConfig, layer_index, opt, set_seed
+from trustedit.methods.base import Method, MethodConfig, layer_index, opt, set_seed
 
 
 def _layers_ok(v) -> str | None:
@@ -144,12 +144,10 @@ def fit(lm, requests, cfg: MEMITConfig, stages=None):
     from trustedit.methods.key_stats import key_second_moments
     from trustedit.methods.rome import context_templates, dense_patch, restored
 
-    set_seed(cfg.seed)
-    requests = [r.check() for r in requests]
-    if not requests:
-        from trustedit.errors import UsageError
+    from trustedit.methods.requests import as_requests
 
-        raise UsageError("memit: no edit request to apply")
+    set_seed(cfg.seed)
+    requests = as_requests(requests, "memit")
     layers = layer_list(cfg, arch.num_layers(lm.model))
     t0 = time.time()
     C, stats = key_second_moments(lm, layers, cfg.stats_tokens)
@@ -163,3 +161,9 @@ def fit(lm, requests, cfg: MEMITConfig, stages=None):
                                   "converged": sum(r["converged"] for r in records), "per_request": records,
                                   "seconds": round(time.time() - t0, 2)}
     return patch
+
+
+METHOD = Method(
+    name="memit", config=MEMITConfig, fit=fit, protocol="per_instance", edits_requests=True,
+    citation="Meng et al. 2023, Mass-Editing Memory in a Transformer (ICLR)",
+    summary="batch edits spread over several MLP down-projections, ΔW = R Kᵀ(λC + KKᵀ)⁻¹")

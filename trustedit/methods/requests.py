@@ -61,3 +61,33 @@ def subject_last_index(tokenizer, text: str, subject: str, bos: bool = False, st
         if a <= last_char < b:
             return j + (1 if bos and tokenizer.bos_token_id is not None else 0)
     raise ValueError(f"no token covers character {last_char} of {text!r}")
+
+
+class RequestBatch(list):
+    """The requests of one ``fit`` of an editor (a list of :class:`EditRequest`), with ``state``: a
+    dict the job keeps across the fits of one sequential run (AlphaEdit keeps the keys it has
+    already edited there; an editor without memory ignores it)."""
+
+    def __init__(self, requests=(), state: dict | None = None):
+        super().__init__(requests)
+        self.state = {} if state is None else state
+
+
+def as_requests(train, method: str) -> RequestBatch:
+    """``train`` (one :class:`EditRequest`, a list of them, or a :class:`RequestBatch`) as a checked
+    :class:`RequestBatch`; anything else is a usage error naming the method."""
+    from trustedit.errors import UsageError
+
+    if isinstance(train, EditRequest):
+        train = [train]
+    if not isinstance(train, (list, tuple)) or not all(isinstance(r, EditRequest) for r in train):
+        raise UsageError(f"{method} edits requests (prompt, subject, target_new): run it with `trustedit edit`, "
+                         f"not on {type(train).__name__}")
+    if not train:
+        raise UsageError(f"{method}: no edit request to apply")
+    return RequestBatch([r.check() for r in train], getattr(train, "state", None))
+
+
+def prompt_bos(tokenizer) -> bool:
+    """Whether the editors put BOS before a request's prompt: as the tokenizer does by default."""
+    return bool(getattr(tokenizer, "add_bos_token", False)) and tokenizer.bos_token_id is not None

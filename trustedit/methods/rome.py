@@ -41,7 +41,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from trustedit.methods.base import MethodConfig, layer_index, opt, set_seed
+from trustedit.methods.base import Method, MethodConfig, layer_index, opt, set_seed
 
 TEMPLATE_STARTS = ("The", "Therefore", "Because", "I", "You")
 KL_PROMPT = "{} is a"
@@ -366,12 +366,10 @@ def fit(lm, requests, cfg: ROMEConfig, stages=None):
     from trustedit.methods.key_stats import key_second_moments
     from trustedit.patch import Delta, Patch
 
-    set_seed(cfg.seed)
-    requests = [r.check() for r in requests]
-    if not requests:
-        from trustedit.errors import UsageError
+    from trustedit.methods.requests import as_requests
 
-        raise UsageError("rome: no edit request to apply")
+    set_seed(cfg.seed)
+    requests = as_requests(requests, "rome")
     L = layer_index(cfg.layer, arch.num_layers(lm.model))
     t0 = time.time()
     C, stats = (None, None)
@@ -401,3 +399,9 @@ def fit(lm, requests, cfg: ROMEConfig, stages=None):
                                   "converged": sum(r["converged"] for r in records), "per_request": records,
                                   "seconds": round(time.time() - t0, 2)}
     return patch
+
+
+METHOD = Method(
+    name="rome", config=ROMEConfig, fit=fit, protocol="per_instance", edits_requests=True,
+    citation="Meng et al. 2022, Locating and Editing Factual Associations in GPT (NeurIPS)",
+    summary="rank-one update of one MLP down-projection from a key at the subject and an optimised value")

@@ -214,6 +214,10 @@ class Suite:
                     out[k] = v
         return out
 
+    def pick(self, raw: dict, indices: list[int]) -> dict:
+        """The part of ``raw`` (passes over all items) that :meth:`select` would have measured."""
+        return {k: ([v[i] for i in indices] if isinstance(v, list) else v) for k, v in raw.items()}
+
     def run_info(self, items: Items, ctx: Context) -> dict:
         """What else results.json records about this suite's run (its scorer, judge, prompt format)."""
         return {}
