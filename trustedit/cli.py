@@ -215,6 +215,9 @@ def _parser() -> argparse.ArgumentParser:
     _add_suite_flags(au, list(SUITES))
 
     _add_scorers_parser(sub)
+    from trustedit.locate_cmd import add_parser as add_locate_parser  # torch-free
+
+    add_locate_parser(sub)
     from trustedit.memorize import add_parser as add_memorize_parser  # torch-free
 
     add_memorize_parser(sub)
@@ -546,6 +549,12 @@ def _cmd_gate(args) -> int:
     return run(args)
 
 
+def _cmd_locate(args) -> int:
+    from trustedit.locate_cmd import run
+
+    return run(args)
+
+
 def _cmd_memorize(args) -> int:
     from trustedit.memorize import run
 
@@ -574,7 +583,7 @@ def main(argv=None) -> int:
             return _cmd_audit(args)
         return {"ls": _cmd_ls, "patch": _cmd_patch, "compare": _cmd_compare, "scorers": _cmd_scorers,
                 "data": _cmd_data, "gate": _cmd_gate, "report": _cmd_report,
-                "memorize": _cmd_memorize}[args.command](args)
+                "memorize": _cmd_memorize, "locate": _cmd_locate}[args.command](args)
     except TrusteditError as e:
         print(f"trustedit: error: {e}", file=sys.stderr)
         return e.exit_code

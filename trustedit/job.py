@@ -623,7 +623,7 @@ def _edit_run(p: Plan, lm, items: dict, timer):
                 patch.apply(lm.model)
                 kept.append(patch)
                 done += len(chunk)
-                edits.append({"items": [r.id for r in chunk], "edited_so_far": done,
+                edits.append({"item": [r.id for r in chunk], "edited_so_far": done,
                               "training": patch.manifest.get("training"),
                               "seconds": {"fit": round(time.perf_counter() - t0, 2)}})
                 while marks and marks[0] <= done:

@@ -146,7 +146,14 @@ def summary(r: dict) -> str:
         except Exception:  # noqa: BLE001 - descriptive lines only
             pass
     lines.append(_time_line(r))
-    if r.get("edits"):
+    if r.get("edits") and proto in ("batch", "sequential") and isinstance(r["edits"][0].get("item"), list):
+        e = r["edits"]
+        n = sum(len(x["item"]) for x in e)
+        fit = sum(x["seconds"]["fit"] for x in e)
+        conv = [sum(q.get("converged", False) for q in (x.get("training") or {}).get("per_request", [])) for x in e]
+        lines.append(f"- {n} edits in {len(e)} fit(s) ({proto}): {fit:.1f} s fitting in all ({fit / max(n, 1):.2f} s per "
+                     f"edit); the editor reports {sum(conv)} of {n} converged")
+    elif r.get("edits"):
         e = r["edits"]
         n = len(e)
         fit = sum(x["seconds"]["fit"] for x in e) / n
@@ -306,7 +313,7 @@ def plot_curve(r: dict, path) -> None:
                 if e and e.get("post") is not None:
                     xs.append(pt["edits"])
                     ys.append(scale * e["post"]["value"])
-            ax.plot(xs, ys, "o-", label=k, linestyle="--" if k.endswith("_gen") else "-")
+            ax.plot(xs, ys, marker="o", label=k, linestyle="--" if k.endswith("_gen") else "-")
         ax.set_xscale("symlog", linthresh=1)
         ax.set_xlabel("sequential edits N")
         ax.set_ylabel("%")

@@ -161,6 +161,8 @@ def _kind(default) -> type | None:
 def _coerce(name, value, f, source=None):
     """``value`` (a string from ``--set``, or a value parsed from a config file) as the field's type."""
     default = _default(f)
+    if f.metadata.get("auto") and value == "auto":
+        return value
     kind = _kind(default)
     item_kind = _kind(default[0]) if kind is list and default and len({type(x) for x in default}) == 1 else None
     type_name = f"list of {item_kind.__name__}" if item_kind in (int, float) else type(default).__name__
@@ -240,6 +242,8 @@ def check_option(owner: str, f, value):
         return UsageError(f"{owner} option {f.name!r} must be {what}, got {got!r}")
 
     if m.get("layer"):
+        if m.get("auto") and value == "auto":
+            return value  # chosen by causal tracing when the method runs (trustedit.locate.auto_layer)
         return _check_layer(f, value, default, bad)
     if kind is not None and not _has_kind(value, kind):
         raise bad({int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list"}[kind])

@@ -57,7 +57,10 @@ class MEMITConfig(MethodConfig):
 def layer_list(cfg, n_layers: int) -> list[int]:
     from trustedit.errors import UsageError
 
-    out = sorted({layer_index(x, n_layers) for x in cfg.layers})
+    # --set layers=4,5,6 arrives as floats (the default's items are fractions): integral values >= 1
+    # are indices, as for a single layer option
+    out = sorted({layer_index(int(x) if isinstance(x, float) and x.is_integer() and x >= 1 else x, n_layers)
+                  for x in cfg.layers})
     if not out:
         raise UsageError("memit: no layer to edit")
     return out

@@ -49,8 +49,12 @@ KL_PROMPT = "{} is a"
 
 @dataclass
 class ROMEConfig(MethodConfig):
-    layer: float = opt(0.17, "Edited layer: an int index, or a fraction of depth in [0,1) (ROME: 17 of GPT-2 XL's "
-                       "48 layers and 5 of Llama-7B's 32, both early-middle).", layer=True)
+    layer: float = opt(0.17, "Edited layer: an int index, a fraction of depth in [0,1) (ROME: 17 of GPT-2 XL's "
+                       "48 layers and 5 of Llama-7B's 32, both early-middle), or 'auto': the layer where causal "
+                       "tracing of the requests puts the MLPs' largest indirect effect at the last subject token.",
+                       layer=True, auto=True)
+    trace_requests: int = opt(3, "layer=auto: requests traced (the first ones of the fit).", ge=1)
+    trace_samples: int = opt(3, "layer=auto: noise draws per cell of the trace (the paper: 10).", ge=1)
     use_c: bool = opt(True, "Weight the rank-one update by the keys' second moment C (False: C = I).")
     stats_tokens: int = opt(100_000, "Token positions of WikiText-2 for C (cached on disk per model, layer and count).",
                             ge=1000)
@@ -370,8 +374,15 @@ def fit(lm, requests, cfg: ROMEConfig, stages=None):
 
     set_seed(cfg.seed)
     requests = as_requests(requests, "rome")
-    L = layer_index(cfg.layer, arch.num_layers(lm.model))
     t0 = time.time()
+    located = None
+    if cfg.layer == "auto":
+        from trustedit.locate import auto_layer
+
+        L, located = auto_layer(lm, requests, kind="mlp", limit=cfg.trace_requests, samples=cfg.trace_samples,
+                                seed=cfg.seed)
+    else:
+        L = layer_index(cfg.layer, arch.num_layers(lm.model))
     C, stats = (None, None)
     if cfg.use_c:
         Cs, stats = key_second_moments(lm, [L], cfg.stats_tokens)
@@ -394,7 +405,8 @@ def fit(lm, requests, cfg: ROMEConfig, stages=None):
     A = torch.stack(us, 0).float()  # n x d_in
     delta = Delta("lowrank", {"B": A.T.contiguous(), "A": B.T.contiguous()} if conv1d else {"B": B, "A": A})
     patch = Patch("rome", {pname: delta})
-    patch.manifest["training"] = {"layer": L, "requests": len(requests), "use_c": cfg.use_c, "stats": stats,
+    patch.manifest["training"] = {"layer": L, "layer_from_trace": located, "requests": len(requests),
+                                  "use_c": cfg.use_c, "stats": stats,
                                   "stats_seconds": round(t_stats, 2), "templates": len(templates),
                                   "converged": sum(r["converged"] for r in records), "per_request": records,
                                   "seconds": round(time.time() - t0, 2)}
