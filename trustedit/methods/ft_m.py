@@ -9,6 +9,17 @@ Deviation, documented: for erasure, retain pairs are mixed into the training set
 EasyEdit's FT-M trains on the edit requests alone. Their targets are the base model's own greedy
 answers by default (``retain_target=self``; ``gold`` uses the dataset's), see
 :func:`trustedit.methods.base.retain_pairs`.
+
+As a knowledge editor (``train`` an :class:`~trustedit.methods.requests.EditRequest` or a list of
+them; :data:`EDITOR` is the per-instance method): the same weight is tuned on each request's
+target tokens (prompt masked, no EOS after the target) with AdamW at ``edit_lr`` and no weight
+decay, for at most ``edit_steps`` steps per request (EasyEdit's FT-M: layer 21 of Llama-7B's 32,
+lr 5e-4, 25 steps), stopping once every request's mean target NLL is below ``edit_nll_stop``
+(EasyEdit: 1e-2 on the loss; 0.05 here, i.e. a geometric-mean token probability above 0.95). Several
+requests in one fit are trained breadth-first by default (LocFT-BF, Yang et al. 2025: ``edit_epochs``
+epochs over mini-batches of ``edit_batch_size`` requests) or depth-first (EasyEdit's sequential
+editing). See :mod:`trustedit.methods.ft_edit` for the schedules, the cache of the frozen lower
+layers and the manifest.
 """
 
 from __future__ import annotations
@@ -21,6 +32,7 @@ from trustedit.methods.base import (Method, MethodConfig, layer_index, opt, reta
 
 
 from trustedit.methods.base import RETAIN_TARGETS  # the values the config accepts
+from trustedit.methods.ft_edit import SCHEDULES
 
 
 @dataclass
@@ -37,10 +49,36 @@ class FTMConfig(MethodConfig):
                              choices=RETAIN_TARGETS)
     retain_limit: int = opt(160, "Use at most this many retain pairs (0: all), a seeded sample.", ge=0)
     batch_size: int = opt(8, "Training batch size (sequences).", ge=1)
+    # editing requests (``trustedit edit``); the options above are erasure's
+    edit_lr: float = opt(5e-4, "Editing requests: AdamW learning rate, no weight decay (EasyEdit FT-M: 5e-4).", gt=0)
+    edit_steps: int = opt(25, "Editing requests: most optimiser steps per request, single or depth-first "
+                          "(EasyEdit FT-M: 25).", ge=1)
+    edit_nll_stop: float = opt(0.05, "Editing requests: stop once every request's mean target-token NLL is below "
+                               "this (0: never early; EasyEdit: 0.01).", ge=0)
+    edit_schedule: str = opt("breadth-first", "Editing several requests in one fit: 'breadth-first' (LocFT-BF: "
+                             "epochs of mini-batches over all requests) or 'depth-first' (EasyEdit: each request "
+                             "to the end, then the next).", choices=SCHEDULES)
+    edit_batch_size: int = opt(8, "Editing requests breadth-first: requests per mini-batch.", ge=1)
+    edit_epochs: int = opt(25, "Editing requests breadth-first: most passes over the requests (LocFT-BF: 25).",
+                           ge=1)
+
+
+def is_edit(train) -> bool:
+    """Whether ``train`` is edit requests (one, or a list of them) rather than erasure's training pairs."""
+    from trustedit.methods.requests import EditRequest
+
+    return isinstance(train, (EditRequest, list, tuple))
 
 
 def fit(lm, train, cfg: FTMConfig, stages=None):
-    """``train``: forget and retain pairs (:class:`trustedit.suites.sanitation.TrainPairs`)."""
+    """``train``: forget and retain pairs (:class:`trustedit.suites.sanitation.TrainPairs`), or edit
+    requests (:func:`is_edit`; then see :func:`trustedit.methods.ft_edit.edit`)."""
+    if is_edit(train):
+        from trustedit.methods.ft_edit import edit
+
+        return edit(lm, train, method="ft-m", layer=cfg.layer, objective="target", lr=cfg.edit_lr,
+                    steps=cfg.edit_steps, epochs=cfg.edit_epochs, batch_size=cfg.edit_batch_size,
+                    schedule=cfg.edit_schedule, nll_stop=cfg.edit_nll_stop, seed=cfg.seed)
     from trustedit import arch
     from trustedit.hooks import only_trainable
     from trustedit.patch import dense_patch_from
@@ -69,4 +107,14 @@ METHOD = Method(
     citation="Zhang et al. 2024, A Comprehensive Study of Knowledge Editing for LLMs (EasyEdit FT-M)",
     summary="fine-tune one MLP down-projection on the target tokens (prompt masked)",
     train="trustedit.suites.sanitation:train_pairs",
+)
+
+EDITOR = Method(
+    name="ft-m",
+    config=FTMConfig,
+    fit=fit,
+    citation="Zhang et al. 2024, A Comprehensive Study of Knowledge Editing for LLMs (EasyEdit FT-M); "
+             "breadth-first batches: Yang et al. 2025, Fine-tuning Done Right in Model Editing (LocFT-BF)",
+    summary="edit facts: fine-tune one MLP down-projection on each request's target tokens (prompt masked)",
+    protocol="per_instance",
 )
