@@ -28,6 +28,7 @@ METHODS: dict[str, str] = {
     "memit": "trustedit.methods.memit:METHOD",
     "alphaedit": "trustedit.methods.alphaedit:METHOD",
     "kn": "trustedit.methods.kn:METHOD",
+    "ft-l": "trustedit.methods.ft_l:METHOD",
 }
 
 # Evaluation suites (trustedit/suites/, one file each): name -> the Suite object.

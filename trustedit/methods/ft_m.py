@@ -104,17 +104,9 @@ METHOD = Method(
     name="ft-m",
     config=FTMConfig,
     fit=fit,
-    citation="Zhang et al. 2024, A Comprehensive Study of Knowledge Editing for LLMs (EasyEdit FT-M)",
-    summary="fine-tune one MLP down-projection on the target tokens (prompt masked)",
-    train="trustedit.suites.sanitation:train_pairs",
-)
-
-EDITOR = Method(
-    name="ft-m",
-    config=FTMConfig,
-    fit=fit,
     citation="Zhang et al. 2024, A Comprehensive Study of Knowledge Editing for LLMs (EasyEdit FT-M); "
              "breadth-first batches: Yang et al. 2025, Fine-tuning Done Right in Model Editing (LocFT-BF)",
-    summary="edit facts: fine-tune one MLP down-projection on each request's target tokens (prompt masked)",
-    protocol="per_instance",
+    summary="fine-tune one MLP down-projection on the target tokens (prompt masked)",
+    train="trustedit.suites.sanitation:train_pairs",
+    edits_requests=True,  # `trustedit edit` gives it edit requests (single, batch, sequential)
 )
