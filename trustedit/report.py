@@ -153,6 +153,7 @@ def summary(r: dict) -> str:
         conv = [sum(q.get("converged", False) for q in (x.get("training") or {}).get("per_request", [])) for x in e]
         lines.append(f"- {n} edits in {len(e)} fit(s) ({proto}): {fit:.1f} s fitting in all ({fit / max(n, 1):.2f} s per "
                      f"edit); the editor reports {sum(conv)} of {n} converged")
+        lines += _not_converged([q for x in e for q in (x.get("training") or {}).get("per_request", [])])
     elif r.get("edits"):
         e = r["edits"]
         n = len(e)
@@ -164,6 +165,10 @@ def summary(r: dict) -> str:
         if any(v is not None for v in layers):
             counts = {str(k): layers.count(k) for k in sorted({v for v in layers if v is not None})}
             lines.append("- located layers: " + ", ".join(f"layer {k}: {v}" for k, v in counts.items()))
+        per = [q for x in e for q in (x.get("training") or {}).get("per_request", [])]
+        if per and all("converged" in q for q in per):
+            lines.append(f"- the editor reports {sum(bool(q['converged']) for q in per)} of {len(per)} edits converged")
+            lines += _not_converged(per)
     lines.append("")
     if r.get("points") is not None:
         lines += _points_table(r)
@@ -272,6 +277,17 @@ def _variants_table(r: dict) -> list[str]:
                 cells.append("–" if ve is None else f"{fmt(ve['post']['value'], ve)} ({fmt(ve['delta']['value'], ve)})")
             out.append(f"| {s}/{k}{unit_label(e)} | {fmt(e['pre']['value'], e)} | " + " | ".join(cells) + " |")
     return out + [""]
+
+
+def _not_converged(per: list[dict]) -> list[str]:
+    """The edits whose optimisation did not reach its target (reported, never silently kept)."""
+    bad = [q for q in per if "converged" in q and not q["converged"]]
+    if not bad:
+        return []
+    shown = ", ".join(f"`{q.get('id')}` (target p {q.get('target_prob', q.get('target_prob_after', '?'))})"
+                      for q in bad[:10])
+    return [f"- **did not converge ({len(bad)})**: {shown}{' …' if len(bad) > 10 else ''}; they stay in the measured "
+            "edit and in the patch, and count against its scores"]
 
 
 def _curve_table(r: dict) -> list[str]:

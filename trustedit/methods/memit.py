@@ -68,23 +68,34 @@ def layer_list(cfg, n_layers: int) -> list[int]:
 
 def _residual_at(lm, layer: int, rows_per_request):
     """Mean residual output of decoder ``layer`` at the subject's last token, per request (d x n)."""
+    from trustedit import arch
+
+    return _mean_at(lm, f"{arch.arch_for(lm.model).layers}.{layer}", rows_per_request, "output")
+
+
+def _mean_at(lm, name: str, rows_per_request, what: str, max_rows: int = 128):
+    """Per request, the mean over its rows of module ``name``'s ``what`` ("input" or "output") at each
+    row's subject token (d x n, float64); the rows of several requests share forward passes (right
+    padding and the attention mask keep every row's states its own)."""
     import torch
 
-    from trustedit import arch
     from trustedit.hooks import capture
     from trustedit.methods.rome import _batch
 
-    name = f"{arch.arch_for(lm.model).layers}.{layer}"
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     dev = next(lm.model.parameters()).device
-    cols = []
-    for rows in rows_per_request:
-        ids, mask = _batch(rows, pad, with_targets=False)
-        with torch.no_grad(), capture(lm.model, [name]) as st:
+    flat = [(j, r) for j, rows in enumerate(rows_per_request) for r in rows]
+    sums = [None] * len(rows_per_request)
+    for s in range(0, len(flat), max_rows):
+        part = flat[s:s + max_rows]
+        ids, mask = _batch([r for _, r in part], pad, with_targets=False)
+        with torch.no_grad(), capture(lm.model, [name], what=what) as st:
             lm.model(input_ids=ids.to(dev), attention_mask=mask.to(dev))
         h = st[name][0]
-        cols.append(torch.stack([h[i, r.subject_index] for i, r in enumerate(rows)]).double().mean(0).cpu())
-    return torch.stack(cols, 1)
+        for i, (j, r) in enumerate(part):
+            v = h[i, r.subject_index].double().cpu()
+            sums[j] = v if sums[j] is None else sums[j] + v
+    return torch.stack([x / len(rows) for x, rows in zip(sums, rows_per_request)], 1)
 
 
 def compute_z(lm, last_layer: int, rows, kl, cfg):
@@ -100,35 +111,53 @@ def compute_z(lm, last_layer: int, rows, kl, cfg):
     return h + delta, record
 
 
+def compute_zs(lm, last_layer: int, requests, rows, cfg, group: int = 16):
+    """``(Z, records)``: :func:`compute_z` for every request (``Z`` is d x n), the optimisations of
+    ``group`` requests sharing their forward passes (:func:`trustedit.methods.rome.optimise_deltas`:
+    the same result per request as alone, in larger matrix products)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from trustedit import arch
+    from trustedit.methods.rome import kl_rows, optimise_deltas
+
+    name = f"{arch.arch_for(lm.model).layers}.{last_layer}"
+    module = dict(lm.model.named_modules())[name]
+    H = _residual_at(lm, last_layer, rows)
+    zs, records = [], []
+    for s in tqdm(range(0, len(requests), group), desc="memit targets", unit="group"):
+        t1 = time.time()
+        idx = range(s, min(s + group, len(requests)))
+        res = optimise_deltas(lm, module, [(rows[i], kl_rows(lm, requests[i]), H[:, i].norm().item()) for i in idx], cfg)
+        secs = round((time.time() - t1) / len(idx), 3)
+        for i, (delta, rec) in zip(idx, res):
+            rec.update(id=requests[i].id, seconds=secs)
+            zs.append(H[:, i] + delta)
+            records.append(rec)
+    return torch.stack(zs, 1), records
+
+
 def apply_batch(lm, requests, cfg, C: dict, templates, update=None, edited=None):
     """Edit ``requests`` as one batch on the model *in place*; returns ``(deltas, records, keys)``
     where ``deltas[layer] = ΔW`` (d_out x d_in, float64) and ``keys[layer]`` the batch's keys there. ``update(W, K, R, layer)`` computes
     a layer's ΔW (default: MEMIT's closed form with ``C[layer]``); AlphaEdit passes its own."""
     import torch
-    from tqdm.auto import tqdm
 
     from trustedit.methods.closed_form import memit_update, spread_residual
-    from trustedit.methods.rome import _weight, compute_key, kl_rows, request_rows
+    from trustedit.methods.rome import _down, _weight, request_rows
 
     from trustedit import arch
 
     layers = layer_list(cfg, arch.num_layers(lm.model))
     last = layers[-1]
     rows = [request_rows(lm, r, templates) for r in requests]
-    zs, records = [], []
-    for req, rr in tqdm(list(zip(requests, rows)), desc="memit targets", unit="edit"):
-        t1 = time.time()
-        z, rec = compute_z(lm, last, rr, kl_rows(lm, req), cfg)
-        rec.update(id=req.id, seconds=round(time.time() - t1, 3))
-        zs.append(z)
-        records.append(rec)
-    Z = torch.stack(zs, 1)
+    Z, records = compute_zs(lm, last, requests, rows, cfg)
     if update is None:
         def update(W, K, R, layer):
             return memit_update(W, K, R, C[layer], cfg.mom2_weight)
     deltas, keys = {}, {}
     for pos, layer in enumerate(layers):
-        K = torch.stack([compute_key(lm, layer, rr) for rr in rows], 1)  # d_in x n
+        K = _mean_at(lm, _down(lm, layer)[0], rows, "input")  # d_in x n: the keys, as ROME's compute_key
         R = Z - _residual_at(lm, last, rows)  # what is still missing at the last layer
         Rl = spread_residual(R, pos, len(layers))
         _, W, _ = _weight(lm, layer)

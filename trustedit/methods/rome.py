@@ -157,9 +157,10 @@ def _batch(rows: list[Row], pad_id: int, with_targets: bool):
 
 
 @contextmanager
-def _add_at(module, rows: list[Row], delta):
+def _add_at(module, rows: list[Row], delta, which=None):
     """Within the block, ``delta`` is added to ``module``'s output (its hidden states) at each row's
-    subject token."""
+    subject token; with ``which`` (one index per row), ``delta`` is a matrix and row ``i`` gets
+    ``delta[which[i]]``."""
     import torch
 
     idx_b = torch.arange(len(rows))
@@ -168,7 +169,8 @@ def _add_at(module, rows: list[Row], delta):
     def hook(m, inputs, out):
         h = out[0] if isinstance(out, tuple) else out  # a decoder layer returns (hidden, ...) in some versions
         h = h.clone()
-        h[idx_b, idx_t] = h[idx_b, idx_t] + delta.to(h.dtype)
+        d = delta if which is None else delta[which]
+        h[idx_b, idx_t] = h[idx_b, idx_t] + d.to(h.dtype)
         return (h,) + tuple(out[1:]) if isinstance(out, tuple) else h
 
     h = module.register_forward_hook(hook)
@@ -269,7 +271,33 @@ def optimise_delta(lm, module, rows: list[Row], kl: list[Row], ref_norm: float, 
     minimises the target NLL + ``kl_factor`` x KL(base ‖ edited) on ``kl``'s last token +
     ``weight_decay`` x ``‖δ‖²/ref_norm²``, clamped to ``clamp_norm`` x ``ref_norm`` after each Adam
     step (``cfg``: ``v_steps``, ``v_lr``, ``kl_factor``, ``weight_decay``, ``clamp_norm``,
-    ``nll_stop``). ROME adds it to an MLP output, MEMIT to a layer's residual output."""
+    ``nll_stop``). ROME adds it to an MLP output, MEMIT to a layer's residual output. One request of
+    :func:`optimise_deltas`."""
+    return optimise_deltas(lm, module, [(rows, kl, ref_norm)], cfg)[0]
+
+
+def optimise_deltas(lm, module, groups, cfg, max_rows: int = 96):
+    """:func:`optimise_delta` for several requests at once: ``groups`` is a list of ``(rows, kl rows,
+    ref_norm)``, one per request, each with its own ``δ``. The requests share the forward passes
+    (up to ``max_rows`` rows per pass: larger matrix products, the same arithmetic); the loss is the
+    *sum* of the per-request losses, so each ``δ`` gets exactly its own gradient, and Adam works per
+    coordinate, so each request follows the trajectory it would follow alone. A request stops (its
+    ``δ`` frozen) once its NLL is below ``nll_stop``, as it would alone. Returns ``[(δ, record)]``."""
+    out = []
+    chunk, size = [], 0
+    for g in groups:
+        n = len(g[0]) + len(g[1])
+        if chunk and size + n > max_rows:
+            out += _optimise_chunk(lm, module, chunk, cfg)
+            chunk, size = [], 0
+        chunk.append(g)
+        size += n
+    if chunk:
+        out += _optimise_chunk(lm, module, chunk, cfg)
+    return out
+
+
+def _optimise_chunk(lm, module, groups, cfg):
     import torch
     import torch.nn.functional as F
 
@@ -278,9 +306,12 @@ def optimise_delta(lm, module, rows: list[Row], kl: list[Row], ref_norm: float, 
     model = lm.model
     device = next(model.parameters()).device
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    n = len(groups)
+    rows = [r for g in groups for r in g[0]]
+    kl = [r for g in groups for r in g[1]]
+    row_req = torch.tensor([j for j, g in enumerate(groups) for _ in g[0]] + [j for j, g in enumerate(groups) for _ in g[1]])
     ids, mask = _batch(rows, pad, with_targets=True)
     kids, kmask = _batch(kl, pad, with_targets=False)
-    all_rows = rows + kl
     width = max(ids.shape[1], kids.shape[1])
     ids = F.pad(ids, (0, width - ids.shape[1]), value=pad)
     mask = F.pad(mask, (0, width - mask.shape[1]))
@@ -297,50 +328,73 @@ def optimise_delta(lm, module, rows: list[Row], kl: list[Row], ref_norm: float, 
             tgt.append(t)
     pos_b, pos_t, tgt = torch.tensor(pos_b), torch.tensor(pos_t), torch.tensor(tgt, device=device)
     counts = torch.tensor([len(r.target_ids) for r in rows], dtype=torch.float32, device=device)
-    kl_b = torch.arange(len(rows), len(all_rows))
+    rows_per_req = torch.bincount(row_req[:len(rows)], minlength=n).float().to(device)
+    kl_per_req = torch.bincount(row_req[len(rows):], minlength=n).float().clamp(min=1).to(device)
+    req_of_row = row_req[:len(rows)].to(device)
+    req_of_kl = row_req[len(rows):].to(device)
+    kl_b = torch.arange(len(rows), len(rows) + len(kl))
     kl_t = torch.tensor([len(r.prompt_ids) - 1 for r in kl])
-    ref = torch.tensor(max(ref_norm, 1e-8), device=device)
+    ref = torch.tensor([max(g[2], 1e-8) for g in groups], device=device)
     n_t = len(pos_b)
     all_b = torch.cat([pos_b, kl_b]).to(device)
     all_t = torch.cat([pos_t, kl_t]).to(device)
     with torch.no_grad():
         base_kl = torch.log_softmax(logits_at(model, inp, att, all_b, all_t)[n_t:], -1)
         hidden = getattr(model.config, "hidden_size", None) or model.config.n_embd
-    delta = torch.zeros(hidden, device=device, requires_grad=True)
+    delta = torch.zeros(n, hidden, device=device, requires_grad=True)
     optim = torch.optim.Adam([delta], lr=cfg.v_lr)
-    history = []
-    with only_trainable(model, []), _add_at(module, all_rows, delta):
+    active = torch.ones(n, dtype=torch.bool, device=device)
+    history = [[] for _ in range(n)]
+    subject_rows = rows + kl
+
+    def losses(logits):
+        logp = torch.log_softmax(logits[:n_t], -1).gather(-1, tgt[:, None])[:, 0]
+        per_row = torch.zeros(len(rows), device=device).index_add(0, pos_b.to(device), -logp) / counts
+        nll = torch.zeros(n, device=device).index_add(0, req_of_row, per_row) / rows_per_req
+        kl_rows = F.kl_div(torch.log_softmax(logits[n_t:], -1), base_kl, log_target=True, reduction="none").sum(-1)
+        klr = torch.zeros(n, device=device).index_add(0, req_of_kl, kl_rows) / kl_per_req
+        return nll, klr
+
+    with only_trainable(model, []), _add_at(module, subject_rows, delta, row_req.to(device)):
         for step in range(cfg.v_steps):
             optim.zero_grad()
-            logits = logits_at(model, inp, att, all_b, all_t)
-            logp = torch.log_softmax(logits[:n_t], -1).gather(-1, tgt[:, None])[:, 0]
-            per_row = torch.zeros(len(rows), device=device).index_add(0, pos_b.to(device), -logp) / counts
-            nll = per_row.mean()
-            edit_kl = torch.log_softmax(logits[n_t:], -1)
-            kl_term = F.kl_div(edit_kl, base_kl, log_target=True, reduction="batchmean")
-            decay = (delta.norm() / ref) ** 2
-            loss = nll + cfg.kl_factor * kl_term + cfg.weight_decay * decay
-            history.append({"step": step, "nll": round(nll.item(), 4), "kl": round(kl_term.item(), 5),
-                            "delta_ratio": round((delta.norm() / ref).item(), 4)})
-            if not torch.isfinite(loss):
+            nll, klr = losses(logits_at(model, inp, att, all_b, all_t))
+            decay = (delta.norm(dim=1) / ref) ** 2
+            loss = nll + cfg.kl_factor * klr + cfg.weight_decay * decay
+            if not torch.isfinite(loss).all():
                 from trustedit.errors import NumericalError
 
-                raise NumericalError(f"the value loss became {loss.item()} at step {step}")
-            if nll.item() < cfg.nll_stop:
+                raise NumericalError(f"the value loss became {loss.tolist()} at step {step}")
+            for j in range(n):
+                if active[j]:
+                    history[j].append({"step": step, "nll": round(nll[j].item(), 4), "kl": round(klr[j].item(), 5),
+                                       "delta_ratio": round((delta[j].norm() / ref[j]).item(), 4)})
+            active &= nll.detach() >= cfg.nll_stop
+            if not active.any():
                 break
-            loss.backward()
+            (loss * active).sum().backward()
+            frozen = delta.detach()[~active].clone()
             optim.step()
             with torch.no_grad():
+                delta[~active] = frozen  # a request that stopped keeps its δ, as it would alone
                 cap = cfg.clamp_norm * ref
-                if delta.norm() > cap:
-                    delta.mul_(cap / delta.norm())
-    with torch.no_grad(), _add_at(module, all_rows, delta):
+                norms = delta.norm(dim=1)
+                scale = torch.where(norms > cap, cap / norms.clamp(min=1e-12), torch.ones_like(norms))
+                delta.mul_(scale[:, None])
+    with torch.no_grad(), _add_at(module, subject_rows, delta, row_req.to(device)):
         logits = logits_at(model, inp, att, all_b, all_t)
         logp = torch.log_softmax(logits[:n_t], -1).gather(-1, tgt[:, None])[:, 0]
-    prob = logp.exp().mean().item()
-    record = {"steps": len(history), "final_nll": history[-1]["nll"], "target_prob": round(prob, 4),
-              "converged": prob >= 0.5, "delta_norm_ratio": round((delta.norm() / ref).item(), 4)}
-    return delta.detach().double().cpu(), record
+    token_req = req_of_row[pos_b.to(device)]
+    prob_sum = torch.zeros(n, device=device).index_add(0, token_req, logp.exp())
+    prob = prob_sum / torch.bincount(token_req, minlength=n).float()
+    out = []
+    for j in range(n):
+        h = history[j] or [{"nll": float("nan")}]
+        p = prob[j].item()
+        out.append((delta[j].detach().double().cpu(),
+                    {"steps": len(history[j]), "final_nll": h[-1]["nll"], "target_prob": round(p, 4),
+                     "converged": p >= 0.5, "delta_norm_ratio": round((delta[j].norm() / ref[j]).item(), 4)}))
+    return out
 
 
 # ---- step 4 and the driver ----------------------------------------------------------------------
