@@ -141,4 +141,4 @@ def test_configs_validate_and_methods_are_per_instance():
         FTLConfig.resolve(sets=["steps=0"])
     # one method for both jobs: erase gives it TrainPairs (whole), edit gives it requests
     assert METHOD.protocol == "whole" and METHOD.edits_requests and METHOD.config is FTMConfig
-    assert FTL.name == "ft-l" and FTL.protocol == "per_instance"
+    assert FTL.name == "ft-l" and FTL.edits_requests

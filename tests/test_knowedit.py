@@ -187,3 +187,18 @@ def test_edit_mode_errors_are_usage_errors(data_dir, tiny, tmp_path):
         plan(spec, JobOptions(), "rome", suites=["knowedit"], mode="batch", checkpoints=[2])
     with pytest.raises(UsageError, match="--mode"):
         plan(spec, JobOptions(), "rome", suites=["knowedit"], mode="parallel")
+
+
+@pytest.mark.skipif(not __import__("os").environ.get("TRUSTEDIT_DATA_DIR"), reason="TRUSTEDIT_DATA_DIR not set")
+def test_erase_runs_a_request_editor_with_no_extra_code(tiny, tmp_path):
+    from trustedit.job import JobOptions, plan, run
+    from trustedit.jobs import JOBS
+    from trustedit.results import validate
+
+    opts = JobOptions(out=str(tmp_path / "erase-rome"), limit=3, sets=["use_c=false", "templates=0", "v_steps=3"])
+    results = run(plan(JOBS["erase"], opts, "rome", suites=["sanitation"], suite_values={"max_new_tokens": 3}))
+    validate(results)
+    assert results["protocol"] == "whole" and results["training_data"]["requests"] >= 1
+    assert results["metrics"]["sanitation"]["edit_success"]["post"] is not None
+    tr = results["patch"]["training"]
+    assert tr["requests"] == results["training_data"]["requests"] and len(tr["per_request"]) == tr["requests"]

@@ -92,6 +92,8 @@ class Plan:
             return "sweep"
         if self.method is None:
             return "patched" if self.patch_in else "none"
+        if self.mode == "single":
+            return "per_instance"
         if self.mode == "batch":
             return "batch"
         if self.mode == "sequential":

@@ -55,11 +55,13 @@ class JobSpec:
 JOBS: dict[str, JobSpec] = {
     "erase": JobSpec(
         "erase", "make the model answer \"I don't know.\" about a set of facts",
-        methods=("sanitation-scope", "sanitation-lora", "ft-m", "sanitation-scope+lora"),
+        methods=("sanitation-scope", "sanitation-lora", "ft-m", "sanitation-scope+lora", "rome", "memit", "alphaedit",
+                 "ft-l", "kn"),
         suites=("sanitation", "fluency", "retention"), datasets=("sanitation",),
         description="Erase knowledge: forget questions -> \"I don't know.\", retain questions keep their answers. "
                     "The default, sanitation-scope, is a scope gate (SERAC) calibrated on the training split; "
-                    "sanitation-lora and ft-m edit the weights. "
+                    "sanitation-lora and ft-m edit the weights; the request editors (rome, memit, alphaedit, ft-l, kn) edit each "
+                    "forget question's subject towards \"I don't know.\". "
                     "Evaluates the sanitation, fluency and retention suites before and after the edit; writes "
                     "results.json, samples.jsonl, summary.md and patch/."),
     "debias": JobSpec(

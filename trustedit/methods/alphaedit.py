@@ -112,6 +112,7 @@ def fit(lm, requests, cfg: AlphaEditConfig, stages=None):
 
 
 METHOD = Method(
-    name="alphaedit", config=AlphaEditConfig, fit=fit, protocol="per_instance", edits_requests=True,
+    name="alphaedit", config=AlphaEditConfig, fit=fit, edits_requests=True,
+    train="trustedit.suites.sanitation:edit_requests",  # on `trustedit erase`: the forget questions
     citation="Fang et al. 2025, AlphaEdit: Null-Space Constrained Knowledge Editing for Language Models (ICLR)",
     summary="MEMIT's update projected onto the null space of the preserved keys, for sequential editing")

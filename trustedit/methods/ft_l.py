@@ -64,6 +64,6 @@ METHOD = Method(
     citation="Zhu et al. 2020, Modifying Memories in Transformer Models; FT-L baseline of Meng et al. 2022 (ROME) "
              "and EasyEdit",
     summary="edit facts: fine-tune one MLP down-projection on the target at the last prompt token, L∞-bounded",
-    protocol="per_instance",
     edits_requests=True,
+    train="trustedit.suites.sanitation:edit_requests",
 )

@@ -356,4 +356,4 @@ CITATION = "Dai et al. 2022, Knowledge Neurons in Pretrained Transformers (ACL)"
 METHOD = Method(name="kn", config=KNConfig, fit=fit, citation=CITATION,
                 summary="locate the FFN neurons whose integrated gradients carry a fact and rewrite their value "
                         "slots: -e(old answer) + e(new answer) (knowledge neurons)",
-                protocol="per_instance", edits_requests=True)
+                edits_requests=True, train="trustedit.suites.sanitation:edit_requests")

@@ -196,6 +196,7 @@ def fit(lm, requests, cfg: MEMITConfig, stages=None):
 
 
 METHOD = Method(
-    name="memit", config=MEMITConfig, fit=fit, protocol="per_instance", edits_requests=True,
+    name="memit", config=MEMITConfig, fit=fit, edits_requests=True,
+    train="trustedit.suites.sanitation:edit_requests",  # on `trustedit erase`: the forget questions
     citation="Meng et al. 2023, Mass-Editing Memory in a Transformer (ICLR)",
     summary="batch edits spread over several MLP down-projections, ΔW = R Kᵀ(λC + KKᵀ)⁻¹")

@@ -39,13 +39,15 @@ class EditRequest:
 
 
 def encode_request(tokenizer, prompt_text: str, target: str, bos: bool = False) -> tuple[list[int], list[int]]:
-    """``(prompt_ids, target_ids)`` for ``prompt_text`` followed by ``" " + target``."""
+    """``(prompt_ids, target_ids)`` for ``prompt_text`` followed by ``" " + target`` (no space after a
+    prompt that ends in whitespace, such as a chat template's assistant header)."""
+    sep = "" if prompt_text[-1:].isspace() else " "
     pre = [tokenizer.bos_token_id] if bos and tokenizer.bos_token_id is not None else []
     p = pre + list(tokenizer(prompt_text, add_special_tokens=False)["input_ids"])
-    whole = pre + list(tokenizer(prompt_text + " " + target.strip(), add_special_tokens=False)["input_ids"])
+    whole = pre + list(tokenizer(prompt_text + sep + target.strip(), add_special_tokens=False)["input_ids"])
     if whole[:len(p)] == p and len(whole) > len(p):
         return p, whole[len(p):]
-    return p, list(tokenizer(" " + target.strip(), add_special_tokens=False)["input_ids"])
+    return p, list(tokenizer(sep + target.strip(), add_special_tokens=False)["input_ids"])
 
 
 def subject_last_index(tokenizer, text: str, subject: str, bos: bool = False, start: int = 0) -> int:
@@ -68,9 +70,13 @@ class RequestBatch(list):
     dict the job keeps across the fits of one sequential run (AlphaEdit keeps the keys it has
     already edited there; an editor without memory ignores it)."""
 
-    def __init__(self, requests=(), state: dict | None = None):
+    def __init__(self, requests=(), state: dict | None = None, info: dict | None = None):
         super().__init__(requests)
         self.state = {} if state is None else state
+        self.info = dict(info or {})  # where the requests came from, for results.json's training_data
+
+    def describe(self) -> dict:
+        return self.info
 
 
 def as_requests(train, method: str) -> RequestBatch:

@@ -468,6 +468,7 @@ def fit(lm, requests, cfg: ROMEConfig, stages=None):
 
 
 METHOD = Method(
-    name="rome", config=ROMEConfig, fit=fit, protocol="per_instance", edits_requests=True,
+    name="rome", config=ROMEConfig, fit=fit, edits_requests=True,
+    train="trustedit.suites.sanitation:edit_requests",  # on `trustedit erase`: the forget questions
     citation="Meng et al. 2022, Locating and Editing Factual Associations in GPT (NeurIPS)",
     summary="rank-one update of one MLP down-projection from a key at the subject and an optimised value")

@@ -108,6 +108,39 @@ def train_pairs(lm, job):
                       [x.answer for x in data.train_forget])
 
 
+def edit_requests(lm, job):
+    """Training items of the request editors (ROME, MEMIT, AlphaEdit, FT-L, KN) on `trustedit erase`:
+    one request per forget question of the train split, its prompt the question in the prompt format
+    the suite scores (chat template when the tokenizer has one), its subject the data's subject span,
+    its target "I don't know.". Questions whose subject is missing or not in the question cannot be
+    located and are left out (counted in ``describe()``)."""
+    from trustedit.methods.requests import EditRequest, RequestBatch
+    from trustedit.prompts import PromptFormat
+
+    items = job.items.get("sanitation")
+    if items is None:
+        items = SanitationSuite().load(job.suite_options("sanitation"), job.load_context)
+    data = items.data["data"]
+    tok, fmt = lm.tokenizer, PromptFormat()
+    out, skipped = [], []
+    for i, x in enumerate(data.train_forget):
+        if not x.subject or x.subject not in x.question:
+            skipped.append(i)
+            continue
+        if fmt.uses_chat(tok):
+            text = tok.apply_chat_template([{"role": "user", "content": x.question}], add_generation_prompt=True,
+                                           tokenize=False)
+        else:
+            text = fmt.plain_template.format(question=x.question)
+        out.append(EditRequest(text, x.subject, data.idk, f"train_forget#{i}"))
+    if not out:
+        from trustedit.errors import UsageError
+
+        raise UsageError("no forget question of the train split has a subject in it: nothing a request editor can edit")
+    return RequestBatch(out, info={"source": data.source, "fingerprint": items.fingerprint, "requests": len(out),
+                                   "skipped_without_subject": len(skipped), "target": data.idk})
+
+
 class SanitationSuite(Suite):
     name = "sanitation"
     area = "forgetting"
