@@ -100,18 +100,6 @@ def _stub_class():
     return CachedLayers
 
 
-def _logits_at(model, ids, mask, pos_b, pos_t):
-    """Float32 logits at ``(pos_b[i], pos_t[i])`` only (final soft-capping applied, as Gemma's)."""
-    import torch
-
-    h = model.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-    logits = model.get_output_embeddings()(h[pos_b, pos_t]).float()
-    cap = getattr(model.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return logits
-
-
 @dataclass
 class Batch:
     """Right-padded inputs of some rows, and where each target token's log-probability is read."""
@@ -230,7 +218,9 @@ class Runner:
         import torch
 
         self.holder["h"] = b.h
-        logits = _logits_at(self.model, b.ids, b.mask, b.pos_b, b.pos_t)
+        from trustedit.methods.rome import logits_at
+
+        logits = logits_at(self.model, b.ids, b.mask, b.pos_b, b.pos_t)
         lp = torch.log_softmax(logits, -1)
         return lp, lp[b.tok_pos, b.tok_id]
 

@@ -258,7 +258,7 @@ def logits_at(model, input_ids, attention_mask, b_idx, t_idx):
     that projection is a third of a step's compute). Final logit soft-capping (Gemma) is applied."""
     import torch
 
-    h = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    h = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
     logits = model.get_output_embeddings()(h[b_idx, t_idx]).float()
     cap = getattr(model.config, "final_logit_softcapping", None)
     if cap:
