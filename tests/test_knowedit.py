@@ -202,3 +202,19 @@ def test_erase_runs_a_request_editor_with_no_extra_code(tiny, tmp_path):
     assert results["metrics"]["sanitation"]["edit_success"]["post"] is not None
     tr = results["patch"]["training"]
     assert tr["requests"] == results["training_data"]["requests"] and len(tr["per_request"]) == tr["requests"]
+
+
+def test_an_edit_that_does_not_converge_is_reported(data_dir, tiny, tmp_path):
+    from trustedit.job import JobOptions, plan, run
+    from trustedit.jobs import JOBS
+
+    out = tmp_path / "weak"
+    opts = JobOptions(out=str(out), sets=["use_c=false", "templates=0", "v_steps=1", "v_lr=0.001"])
+    results = run(plan(JOBS["edit"], opts, "rome", suites=["knowedit"], suite_values={"gen_tokens": 2,
+                                                                                          "fluency_tokens": 2},
+                       mode="single"))
+    per = [q for e in results["edits"] for q in e["training"]["per_request"]]
+    assert per and not any(q["converged"] for q in per)
+    text = (out / "summary.md").read_text()
+    assert f"the editor reports 0 of {len(per)} edits converged" in text and "did not converge" in text
+    assert "ZsRE-test-all.json#0" in text
