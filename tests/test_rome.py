@@ -174,3 +174,26 @@ def test_logits_at_selected_positions_equal_the_full_forward(factory, request):
     with torch.no_grad():
         full = lm.model(input_ids=ids, attention_mask=mask).logits[b, t]
         assert torch.allclose(logits_at(lm.model, ids, mask, b, t), full, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch_name", ["llama", "gpt2"])
+def test_value_step_with_lower_layers_run_once_equals_the_full_forward(arch_name, llama_factory, gpt2_factory):
+    """ROME/MEMIT's value optimisation with layers below the edited one frozen to their cached output
+    gives the same δ as running the whole model every step; several requests sharing passes give
+    each its own δ; the model's layers are back in place afterwards."""
+    from trustedit.methods.rome import _down, kl_rows, optimise_delta, optimise_deltas
+
+    lm = llama_factory(layers=4, init=0.3) if arch_name == "llama" else gpt2_factory(layers=4)
+    layers_before = list(__import__("trustedit.arch", fromlist=["layers"]).layers(lm.model))
+    cfg = ROMEConfig(templates=0, v_steps=8)
+    L = 2
+    _, module, _ = _down(lm, L)
+    reqs = [REQ_LAST, EditRequest("What is the capital of France", "France", "Rome", id="r2")]
+    groups = [(request_rows(lm, r, ["{}"]), kl_rows(lm, r), 3.0) for r in reqs]
+    full = [optimise_delta(lm, module, g[0], g[1], g[2], cfg) for g in groups]
+    fast = [optimise_delta(lm, module, g[0], g[1], g[2], cfg, below=L) for g in groups]
+    shared = optimise_deltas(lm, module, groups, cfg, below=L)
+    for (d0, r0), (d1, r1), (d2, r2) in zip(full, fast, shared):
+        assert torch.allclose(d0, d1, atol=1e-4) and torch.allclose(d0, d2, atol=1e-4)
+        assert r0["steps"] == r1["steps"] == r2["steps"]
+    assert list(__import__("trustedit.arch", fromlist=["layers"]).layers(lm.model)) == layers_before

@@ -116,6 +116,47 @@ class Batch:
     first: object  # for each target token: the computed position of its row's last prompt token
 
 
+@contextmanager
+def frozen_below(model, L: int, input_ids, attention_mask):
+    """Within the block, decoder layers ``0..L-1`` are stubs that return the hidden states they
+    produced on this batch (computed once here, without gradient): an optimisation that changes
+    nothing below layer ``L`` (ROME's and MEMIT's value steps) runs only the layers from ``L`` up on
+    every step. Only for forward passes on exactly this ``input_ids`` / ``attention_mask``."""
+    import torch
+
+    from trustedit import arch
+
+    if L <= 0:
+        yield
+        return
+    layers = arch.layers(model)
+    holder, got = {"h": None, "tuple": 0}, {}
+
+    def hook(module, inputs, out):
+        got["h"] = (out[0] if isinstance(out, tuple) else out).detach()
+        holder["tuple"] = len(out) if isinstance(out, tuple) else 0
+        raise _Stop
+
+    handle = layers[L - 1].register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    holder["h"] = got["h"]
+    stub = _stub_class()
+    saved = [layers[i] for i in range(L)]
+    try:
+        for i in range(L):
+            layers[i] = stub(holder)
+        yield
+    finally:
+        for i, m in enumerate(saved):
+            layers[i] = m
+
+
 class Runner:
     """Runs the model on rows from the tuned layer ``L`` up (see the module docstring)."""
 

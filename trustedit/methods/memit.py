@@ -2,7 +2,7 @@
 
 Written from the paper (§4, Algorithm 1, eqs. 9-16), in pure steps that reuse ROME's:
 
-1. **Target residual** (:func:`compute_z`): for every request, a vector ``δᵢ`` added to the
+1. **Target residual** (:func:`compute_zs`): for every request, a vector ``δᵢ`` added to the
    *residual stream* after the last edited layer ``L`` at the subject's last token, optimised as in
    ROME (target NLL over the context templates + KL on "<subject> is a" + weight decay, norm
    clamp; :func:`trustedit.methods.rome.optimise_delta`) relative to the residual's norm; the goal
@@ -98,23 +98,12 @@ def _mean_at(lm, name: str, rows_per_request, what: str, max_rows: int = 128):
     return torch.stack([x / len(rows) for x, rows in zip(sums, rows_per_request)], 1)
 
 
-def compute_z(lm, last_layer: int, rows, kl, cfg):
-    """``(z, record)``: the residual after ``last_layer`` at the subject that makes the model write
-    the target (d), and how the optimisation went."""
-    from trustedit import arch
-    from trustedit.methods.rome import optimise_delta
-
-    name = f"{arch.arch_for(lm.model).layers}.{last_layer}"
-    module = dict(lm.model.named_modules())[name]
-    h = _residual_at(lm, last_layer, [rows])[:, 0]
-    delta, record = optimise_delta(lm, module, rows, kl, h.norm().item(), cfg)
-    return h + delta, record
-
-
 def compute_zs(lm, last_layer: int, requests, rows, cfg, group: int = 16):
-    """``(Z, records)``: :func:`compute_z` for every request (``Z`` is d x n), the optimisations of
-    ``group`` requests sharing their forward passes (:func:`trustedit.methods.rome.optimise_deltas`:
-    the same result per request as alone, in larger matrix products)."""
+    """``(Z, records)``: for every request the residual ``z = h + δ`` after ``last_layer`` at the subject
+    that makes the model write the target (``Z`` is d x n), ``δ`` optimised as ROME's value; the
+    optimisations of ``group`` requests share their forward passes
+    (:func:`trustedit.methods.rome.optimise_deltas`: the same result per request as alone, in larger
+    matrix products), and the layers below ``last_layer`` run once."""
     import torch
     from tqdm.auto import tqdm
 
@@ -128,7 +117,8 @@ def compute_zs(lm, last_layer: int, requests, rows, cfg, group: int = 16):
     for s in tqdm(range(0, len(requests), group), desc="memit targets", unit="group"):
         t1 = time.time()
         idx = range(s, min(s + group, len(requests)))
-        res = optimise_deltas(lm, module, [(rows[i], kl_rows(lm, requests[i]), H[:, i].norm().item()) for i in idx], cfg)
+        res = optimise_deltas(lm, module, [(rows[i], kl_rows(lm, requests[i]), H[:, i].norm().item()) for i in idx], cfg,
+                              below=last_layer)
         secs = round((time.time() - t1) / len(idx), 3)
         for i, (delta, rec) in zip(idx, res):
             rec.update(id=requests[i].id, seconds=secs)

@@ -249,7 +249,7 @@ def compute_value(lm, layer: int, rows: list[Row], kl: list[Row], key, cfg: ROME
     _, module, _ = _down(lm, layer)
     _, W, _ = _weight(lm, layer)
     v0 = (W.detach().double() @ key.to(W.device)).float()
-    return optimise_delta(lm, module, rows, kl, v0.norm().item(), cfg)
+    return optimise_delta(lm, module, rows, kl, v0.norm().item(), cfg, below=layer)
 
 
 def logits_at(model, input_ids, attention_mask, b_idx, t_idx):
@@ -266,38 +266,40 @@ def logits_at(model, input_ids, attention_mask, b_idx, t_idx):
     return logits
 
 
-def optimise_delta(lm, module, rows: list[Row], kl: list[Row], ref_norm: float, cfg):
+def optimise_delta(lm, module, rows: list[Row], kl: list[Row], ref_norm: float, cfg, below: int = 0):
     """``(δ, record)``: the vector added to ``module``'s output at each row's subject token that
     minimises the target NLL + ``kl_factor`` x KL(base ‖ edited) on ``kl``'s last token +
     ``weight_decay`` x ``‖δ‖²/ref_norm²``, clamped to ``clamp_norm`` x ``ref_norm`` after each Adam
     step (``cfg``: ``v_steps``, ``v_lr``, ``kl_factor``, ``weight_decay``, ``clamp_norm``,
     ``nll_stop``). ROME adds it to an MLP output, MEMIT to a layer's residual output. One request of
     :func:`optimise_deltas`."""
-    return optimise_deltas(lm, module, [(rows, kl, ref_norm)], cfg)[0]
+    return optimise_deltas(lm, module, [(rows, kl, ref_norm)], cfg, below=below)[0]
 
 
-def optimise_deltas(lm, module, groups, cfg, max_rows: int = 96):
+def optimise_deltas(lm, module, groups, cfg, max_rows: int = 96, below: int = 0):
     """:func:`optimise_delta` for several requests at once: ``groups`` is a list of ``(rows, kl rows,
     ref_norm)``, one per request, each with its own ``δ``. The requests share the forward passes
     (up to ``max_rows`` rows per pass: larger matrix products, the same arithmetic); the loss is the
     *sum* of the per-request losses, so each ``δ`` gets exactly its own gradient, and Adam works per
     coordinate, so each request follows the trajectory it would follow alone. A request stops (its
-    ``δ`` frozen) once its NLL is below ``nll_stop``, as it would alone. Returns ``[(δ, record)]``."""
+    ``δ`` frozen) once its NLL is below ``nll_stop``, as it would alone. ``below``: the decoder layers
+    under this index do not depend on ``δ`` and run once per chunk, not once per step
+    (:func:`trustedit.methods.ft_edit.frozen_below`). Returns ``[(δ, record)]``."""
     out = []
     chunk, size = [], 0
     for g in groups:
         n = len(g[0]) + len(g[1])
         if chunk and size + n > max_rows:
-            out += _optimise_chunk(lm, module, chunk, cfg)
+            out += _optimise_chunk(lm, module, chunk, cfg, below)
             chunk, size = [], 0
         chunk.append(g)
         size += n
     if chunk:
-        out += _optimise_chunk(lm, module, chunk, cfg)
+        out += _optimise_chunk(lm, module, chunk, cfg, below)
     return out
 
 
-def _optimise_chunk(lm, module, groups, cfg):
+def _optimise_chunk(lm, module, groups, cfg, below: int = 0):
     import torch
     import torch.nn.functional as F
 
@@ -355,7 +357,10 @@ def _optimise_chunk(lm, module, groups, cfg):
         klr = torch.zeros(n, device=device).index_add(0, req_of_kl, kl_rows) / kl_per_req
         return nll, klr
 
-    with only_trainable(model, []), _add_at(module, subject_rows, delta, row_req.to(device)):
+    from trustedit.methods.ft_edit import frozen_below
+
+    with only_trainable(model, []), frozen_below(model, below, inp, att), \
+            _add_at(module, subject_rows, delta, row_req.to(device)):
         for step in range(cfg.v_steps):
             optim.zero_grad()
             nll, klr = losses(logits_at(model, inp, att, all_b, all_t))
