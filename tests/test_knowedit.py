@@ -218,3 +218,31 @@ def test_an_edit_that_does_not_converge_is_reported(data_dir, tiny, tmp_path):
     text = (out / "summary.md").read_text()
     assert f"the editor reports 0 of {len(per)} edits converged" in text and "did not converge" in text
     assert "ZsRE-test-all.json#0" in text
+
+
+def test_locate_writes_traces_an_auto_layer_and_kn_hits(data_dir, tiny, tmp_path):
+    import xml.etree.ElementTree as ET
+
+    from trustedit.cli import main
+
+    out = tmp_path / "loc"
+    assert main(["locate", "--n", "2", "--samples", "2", "--window", "1", "--kn", "--k", "5", "--out", str(out)]) == 0
+    r = json.loads((out / "locate.json").read_text())
+    assert len(r["cases"]) == 2 and set(r["cases"][0]["traces"]) == {"hidden", "mlp", "attn"}
+    assert 0 <= r["auto_layer"]["layer"] < 2 and len(r["auto_layer"]["per_layer"]) == 2
+    assert {"old", "new", "neurons"} <= set(r["cases"][0]["kn"]["hit_at_k"])
+    for i in range(2):
+        ET.parse(out / f"trace_{i}.svg")  # well-formed
+    assert "--layer auto" in (out / "summary.md").read_text()
+
+
+def test_rome_layer_auto_takes_the_traced_layer_and_records_it(data_dir, tiny):
+    from trustedit.methods.requests import EditRequest
+    from trustedit.methods.rome import ROMEConfig, fit
+
+    req = EditRequest("Who wrote Hamlet", "Hamlet", "Leonardo", id="a")
+    patch = fit(tiny, [req], ROMEConfig.resolve(None, ["layer=auto", "use_c=false", "templates=0", "v_steps=2",
+                                                       "trace_samples=2"]))
+    tr = patch.manifest["training"]
+    assert tr["layer_from_trace"]["layer"] == tr["layer"] and tr["layer_from_trace"]["kind"] == "mlp"
+    assert list(patch.deltas) == [f"model.layers.{tr['layer']}.mlp.down_proj.weight"]
