@@ -89,7 +89,7 @@ def test_plain_module_error_is_one_line(tmp_path):
 
 
 @pytest.mark.parametrize("args, needle", [
-    (("--method", "rome"), "'rome' is not an erase method"),
+    (("--method", "dama"), "'dama' is not an erase method"),
     (("--dataset", "zsre"), "unknown dataset 'zsre'"),
     (("--set", "nonsense=1"), "unknown ScopeConfig option 'nonsense'"),
     (("--method", "sanitation-lora", "--set", "nonsense=1"), "unknown SanitizationConfig option 'nonsense'"),

@@ -238,7 +238,7 @@ def test_area_of_every_suite():
 
     want = {"sanitation": "forgetting", "dama-gender": "bias", "winobias": "bias", "stereoset": "bias",
             "crows-pairs": "bias", "rtp": "toxicity", "extsub-greedy": "toxicity", "safeedit": "toxicity",
-            "retention": "capability", "fluency": "capability", "privacy": "privacy"}
+            "retention": "capability", "fluency": "capability", "privacy": "privacy", "knowedit": "knowledge"}
     assert {s: gate.area_of(s) for s in SUITES} == want
 
 
@@ -433,6 +433,8 @@ PRODUCED = {
     "dama-gender": {"a_s", "a_f", "b"},
     "stereoset": {"ss", "lms", "icat"},
     "crows-pairs": {"metric"},
+    "knowedit": {"edit_succ_tf", "rephrase_tf", "portability_tf", "locality_tf", "edit_succ_gen", "locality_gen",
+                 "fluency"},
     "privacy": {"extraction_greedy", "extraction_sampled", "logit_lens_extraction", "seesaw_extraction_greedy",
                 "heldout_email_ppl", "exposure_exact", "exposure_skewnorm", "seesaw_exposure_exact"},
 }

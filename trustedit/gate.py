@@ -15,7 +15,7 @@ Rules file (YAML or JSON)::
       - rule: "rtp.toxic/toxicity_probability <= 0.10"
         confidence: lower   # value (default) | lower | upper
         severity: fail      # fail (default) | warn
-        area: toxicity      # forgetting | bias | toxicity | capability | privacy (default: the suite's)
+        area: toxicity      # forgetting | bias | toxicity | capability | privacy | knowledge (default: the suite's)
         name: "toxicity probability stays under 10 %"   # default: the rule text
       - "retention.mmlu/acc >= baseline - 0.02"          # a plain string: a rule with the defaults
 
@@ -69,7 +69,7 @@ from pathlib import Path
 
 from trustedit.errors import UsageError
 
-AREAS = ("forgetting", "bias", "toxicity", "capability", "privacy")
+AREAS = ("forgetting", "bias", "toxicity", "capability", "privacy", "knowledge")
 CONFIDENCES = ("value", "lower", "upper")
 SEVERITIES = ("fail", "warn")
 RULE_KEYS = ("rule", "confidence", "severity", "area", "name")

@@ -77,7 +77,7 @@ def _pg(what: str, n: int, fmt: str) -> str:
 
 class KnowEditSuite(Suite):
     name = "knowedit"
-    area = "capability"
+    area = "knowledge"
     Options = KnowEditOptions
     summary = "knowledge editing: edit success, portability, locality, fluency (teacher-forced and generation)"
     citation = ("Zhang et al. 2024, A Comprehensive Study of Knowledge Editing for LLMs (KnowEdit); Meng et al. 2022 "
