@@ -155,6 +155,10 @@ def test_edit_modes_run_end_to_end(data_dir, tiny, tmp_path, mode, weights, llam
         assert (tmp_path / mode / "curve.svg").is_file()
         fits = results["patch"]["training"]["fits"]
         assert len(fits) == 2
+        from trustedit import htmlreport
+
+        html, _ = htmlreport.render([htmlreport.load_run(tmp_path / mode)])
+        assert "sequential edits: metrics after N edits (N = 2, 3)" in html
     else:
         assert "curve" not in results
     if mode == "single":

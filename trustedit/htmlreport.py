@@ -696,7 +696,37 @@ def _item_value(side, metric: str):
     return None
 
 
+def _curve(r: dict, salt: str) -> dict:
+    """`trustedit edit --mode sequential`: each metric of every suite after N edits (results' ``curve``)."""
+    plt = _plt()
+    suites = list(r["metrics"])
+    fig, axes = plt.subplots(1, len(suites), figsize=(5.2 * len(suites), 3.4), squeeze=False)
+    for ax, s in zip(axes[0], suites):
+        ms = r["metrics"][s]
+        for k in [k for k in _ordered(ms, _headline(s)) if ms[k].get("display") == "percent"][:6]:
+            xs, ys = [0], [_disp(ms[k]["pre"]["value"], ms[k])]
+            for pt in r["curve"]:
+                e = pt["metrics"].get(s, {}).get(k)
+                if e and e.get("post"):
+                    xs.append(pt["edits"])
+                    ys.append(_disp(e["post"]["value"], e))
+            ax.plot(xs, ys, marker="o", ms=3, label=k, linestyle="--" if k.endswith("_gen") else "-")
+        ax.set_xlabel("sequential edits N", fontsize=8)
+        ax.set_title(s, fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    n = r["curve"][-1]["edits"]
+    return {"title": f"sequential edits: metrics after N edits (N = {', '.join(str(p['edits']) for p in r['curve'])})",
+            "svg": _svg(fig, salt),
+            "caption": f"The instance suite on the cases edited so far, paired with the base model on the same cases; "
+                       f"other suites whole. {n} edits in fits of {len(r['edits'][0]['item'])} (each fit kept)."}
+
+
 def _sequential(r: dict, samples: list[dict], salt: str) -> tuple[dict | None, str | None]:
+    if r.get("curve") and r.get("edits"):
+        return _curve(r, salt), None
     if r.get("protocol") not in ("sequential", "per_instance") or not r.get("edits"):
         return None, None
     order = {}
