@@ -250,3 +250,23 @@ def test_rome_layer_auto_takes_the_traced_layer_and_records_it(data_dir, tiny):
     tr = patch.manifest["training"]
     assert tr["layer_from_trace"]["layer"] == tr["layer"] and tr["layer_from_trace"]["kind"] == "mlp"
     assert list(patch.deltas) == [f"model.layers.{tr['layer']}.mlp.down_proj.weight"]
+
+
+@pytest.mark.skipif(not __import__("os").environ.get("TRUSTEDIT_DATA_DIR"), reason="TRUSTEDIT_DATA_DIR not set")
+@pytest.mark.parametrize("name", ["zsre", "counterfact", "recent", "wikibio", "cf", "zsre-mend"])
+def test_every_editing_dataset_loads_into_edit_cases(name):
+    from trustedit.data.knowedit import load
+
+    data = load(name, 50)
+    assert len(data.cases) == 50 and data.fingerprint.startswith("sha256:")
+    for c in data.cases:
+        assert c.prompt and c.subject and c.target_new
+        for probes in (c.portability, c.locality):
+            for rows in probes.values():
+                assert all(p and answers and all(isinstance(a, str) and a for a in answers) for p, answers in rows)
+    usable = [c for c in data.cases if c.subject in c.prompt]
+    assert len(usable) >= 45  # the editors need the subject in the prompt
+    if name in ("zsre", "counterfact", "recent"):
+        assert sum(bool(c.locality) for c in data.cases) >= 30  # most cases carry locality prompts (recent: 39 of 50)
+    if name == "cf":
+        assert all(c.target_true and c.neighborhood and c.rephrase for c in data.cases)

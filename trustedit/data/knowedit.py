@@ -25,7 +25,9 @@ generation). ConvSent (sentiment editing of a dialogue model, scored by a sentim
 not a fact edit and is not read here.
 
 A malformed record raises :class:`~trustedit.errors.DataError` naming the file, the record (its index
-in the JSON list) and the field.
+in the JSON list) and the field. A portability or locality prompt whose answers are all empty
+strings (the published WikiData_counterfact test file holds a few) is left out and counted
+(``describe()["skipped_probes"]``), not scored against an empty answer.
 """
 
 from __future__ import annotations
@@ -67,9 +69,15 @@ class EditData:
     cases: list
     path: str
     fingerprint: str
+    skipped_probes: list = field(default_factory=list)  # portability/locality prompts without an answer
 
     def describe(self) -> dict:
-        return {"name": self.name, "file": self.path, "n": len(self.cases), "fingerprint": self.fingerprint}
+        return {"name": self.name, "file": self.path, "n": len(self.cases), "fingerprint": self.fingerprint,
+                "skipped_probes": len(self.skipped_probes), "skipped_probe_examples": self.skipped_probes[:5]}
+
+
+class _Empty(Exception):
+    """A probe whose answers are all empty strings (the published files hold a few)."""
 
 
 def _answers(path, i, where, value) -> list[str]:
@@ -89,7 +97,7 @@ def _answers(path, i, where, value) -> list[str]:
         raise DataError(path, i, where, f"expected a string or a list, got {type(value).__name__}")
     out = [a for a in out if a.strip()]
     if not out:
-        raise DataError(path, i, where, "empty answer")
+        raise _Empty(where)
     return out
 
 
@@ -111,7 +119,10 @@ def _probes(path, i, rec, key) -> dict:
                 raise DataError(path, i, f"{where}.prompt", "missing or empty")
             if "ground_truth" not in e:
                 raise DataError(path, i, f"{where}.ground_truth", "missing")
-            rows.append((e["prompt"], _answers(path, i, f"{where}.ground_truth", e["ground_truth"])))
+            try:
+                rows.append((e["prompt"], _answers(path, i, f"{where}.ground_truth", e["ground_truth"])))
+            except _Empty:
+                SKIPPED.append(f"record {i}, {where}: empty answer")
         if rows:
             out[kind] = rows
     return out
@@ -128,7 +139,7 @@ def _str(path, i, rec, name, optional=False):
 
 def _knowedit(path, i, rec) -> EditCase:
     gt = rec.get("ground_truth")
-    true = _answers(path, i, "ground_truth", gt)[0] if gt not in (None, [], "") else None
+    true = _required(path, i, "ground_truth", gt)[0] if gt not in (None, [], "") else None
     reph = rec.get("rephrase_prompt")
     if reph is not None and not isinstance(reph, str):
         raise DataError(path, i, "rephrase_prompt", f"expected a string, got {type(reph).__name__}")
@@ -153,7 +164,7 @@ def _cf(path, i, rec) -> EditCase:
     port = {}
     p = rec.get("portability")
     if isinstance(p, dict) and p.get("New Question") and p.get("New Answer"):
-        port["One_Hop"] = [(p["New Question"], _answers(path, i, "portability.New Answer", p["New Answer"]))]
+        port["One_Hop"] = [(p["New Question"], _required(path, i, "portability.New Answer", p["New Answer"]))]
     para = rec.get("paraphrase_prompts") or []
     nb = rec.get("neighborhood_prompts") or []
     for name, v in (("paraphrase_prompts", para), ("neighborhood_prompts", nb)):
@@ -167,16 +178,27 @@ def _zsre_mend(path, i, rec) -> EditCase:
     port = {}
     p = rec.get("portability")
     if isinstance(p, dict) and p.get("New Question") and p.get("New Answer"):
-        port["One_Hop"] = [(p["New Question"], _answers(path, i, "portability.New Answer", p["New Answer"]))]
+        port["One_Hop"] = [(p["New Question"], _required(path, i, "portability.New Answer", p["New Answer"]))]
     loc = {}
     if rec.get("loc") and rec.get("loc_ans"):
         q = rec["loc"][len("nq question: "):] if rec["loc"].startswith("nq question: ") else rec["loc"]
-        loc["NQ"] = [(q, _answers(path, i, "loc_ans", rec["loc_ans"]))]
+        loc["NQ"] = [(q, _required(path, i, "loc_ans", rec["loc_ans"]))]
     answers = rec.get("answers")
-    true = _answers(path, i, "answers", answers)[0] if answers else None
+    true = _required(path, i, "answers", answers)[0] if answers else None
     reph = rec.get("rephrase")
     return EditCase(f"{path.name}#{i}", _str(path, i, rec, "src"), _str(path, i, rec, "subject"),
                     _str(path, i, rec, "alt"), true, [reph] if isinstance(reph, str) and reph else [], port, loc)
+
+
+SKIPPED: list = []  # probes left out while parsing (the current load's; see load())
+
+
+def _required(path, i, where, value) -> list[str]:
+    """The answers of an edit's own field: an empty one is an error."""
+    try:
+        return _answers(path, i, where, value)
+    except _Empty:
+        raise DataError(path, i, where, "empty answer") from None
 
 
 PARSERS = {"zsre": _knowedit, "counterfact": _knowedit, "recent": _knowedit, "wikibio": _wikibio, "cf": _cf,
@@ -196,9 +218,10 @@ def load(name: str, limit: int | None = None, path: str | Path | None = None) ->
     if not isinstance(data, list):
         raise DataError(p, problem=f"expected a JSON list of records, got {type(data).__name__}")
     rows = data if limit is None else data[:limit]
+    SKIPPED.clear()
     cases = [PARSERS[name](p, i, rec if isinstance(rec, dict) else _not_object(p, i, rec)) for i, rec in enumerate(rows)]
     fp = f"sha256:{sha256_file(p)}#{len(cases)}"
-    return EditData(name, cases, str(p), fp)
+    return EditData(name, cases, str(p), fp, list(SKIPPED))
 
 
 def _not_object(path, i, rec):
