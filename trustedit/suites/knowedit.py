@@ -334,9 +334,10 @@ class KnowEditSuite(Suite):
                 if res is None:
                     continue
                 rc = res["raw"]["cases"][j]
-                row[side] = {"rewrite": rc["rewrite_gen"], "continuation": rc["rewrite_text"],
-                             "scores": {k: s.values[j] for k, s in res["scores"].items()
-                                        if len(s.values) == len(items.data["cases"])}}
+                # "text": the greedy answer to the edit prompt; then this case's value of every metric
+                row[side] = {"text": rc["rewrite_gen"], "continuation": rc["rewrite_text"],
+                             **{k: s.values[j] for k, s in res["scores"].items()
+                                if len(s.values) == len(items.data["cases"])}}
             rows.append(row)
         return rows
 
