@@ -85,32 +85,9 @@ def _residual_at(lm, layer: int, rows_per_request):
     """Mean residual output of decoder ``layer`` at the subject's last token, per request (d x n)."""
     from trustedit import arch
 
-    return _mean_at(lm, f"{arch.arch_for(lm.model).layers}.{layer}", rows_per_request, "output")
+    from trustedit.methods.rome import mean_at
 
-
-def _mean_at(lm, name: str, rows_per_request, what: str, max_rows: int = 128):
-    """Per request, the mean over its rows of module ``name``'s ``what`` ("input" or "output") at each
-    row's subject token (d x n, float64); the rows of several requests share forward passes (right
-    padding and the attention mask keep every row's states its own)."""
-    import torch
-
-    from trustedit.hooks import capture
-    from trustedit.methods.rome import _batch
-
-    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
-    dev = next(lm.model.parameters()).device
-    flat = [(j, r) for j, rows in enumerate(rows_per_request) for r in rows]
-    sums = [None] * len(rows_per_request)
-    for s in range(0, len(flat), max_rows):
-        part = flat[s:s + max_rows]
-        ids, mask = _batch([r for _, r in part], pad, with_targets=False)
-        with torch.no_grad(), capture(lm.model, [name], what=what) as st:
-            lm.model(input_ids=ids.to(dev), attention_mask=mask.to(dev))
-        h = st[name][0]
-        for i, (j, r) in enumerate(part):
-            v = h[i, r.subject_index].double().cpu()
-            sums[j] = v if sums[j] is None else sums[j] + v
-    return torch.stack([x / len(rows) for x, rows in zip(sums, rows_per_request)], 1)
+    return mean_at(lm, f"{arch.arch_for(lm.model).layers}.{layer}", rows_per_request, "output")
 
 
 def compute_zs(lm, last_layer: int, requests, rows, cfg, group: int = 16):
@@ -149,7 +126,7 @@ def apply_batch(lm, requests, cfg, C: dict, templates, update=None, edited=None)
     import torch
 
     from trustedit.methods.closed_form import memit_update, spread_residual
-    from trustedit.methods.rome import _down, _weight, request_rows
+    from trustedit.methods.rome import _down, _weight, mean_at, request_rows
 
     from trustedit import arch
 
@@ -162,7 +139,7 @@ def apply_batch(lm, requests, cfg, C: dict, templates, update=None, edited=None)
             return memit_update(W, K, R, C[layer], mom2_weight(cfg, K.shape[0]))
     deltas, keys = {}, {}
     for pos, layer in enumerate(layers):
-        K = _mean_at(lm, _down(lm, layer)[0], rows, "input")  # d_in x n: the keys, as ROME's compute_key
+        K = mean_at(lm, _down(lm, layer)[0], rows, "input")  # d_in x n: each request's key, as ROME's
         R = Z - _residual_at(lm, last, rows)  # what is still missing at the last layer
         Rl = spread_residual(R, pos, len(layers))
         _, W, _ = _weight(lm, layer)

@@ -226,18 +226,32 @@ def dense_patch(lm, deltas: dict, method: str):
 
 def compute_key(lm, layer: int, rows: list[Row]):
     """Mean down-projection input at the subject's last token over ``rows`` (float64)."""
+    return mean_at(lm, _down(lm, layer)[0], [rows], "input")[:, 0]
+
+
+def mean_at(lm, name: str, rows_per_request, what: str, max_rows: int = 128):
+    """Per request, the mean over its rows of module ``name``'s ``what`` ("input" or "output") at each
+    row's subject token (d x n, float64); the rows of several requests share forward passes (right
+    padding and the attention mask keep every row's states its own)."""
     import torch
 
     from trustedit.hooks import capture
 
-    name, _, _ = _down(lm, layer)
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
-    ids, mask = _batch(rows, pad, with_targets=False)
-    with torch.no_grad(), capture(lm.model, [name], what="input") as st:
-        dev = next(lm.model.parameters()).device
-        lm.model(input_ids=ids.to(dev), attention_mask=mask.to(dev))
-    k = st[name][0]
-    return torch.stack([k[i, r.subject_index] for i, r in enumerate(rows)]).double().mean(0).cpu()
+    dev = next(lm.model.parameters()).device
+    flat = [(j, r) for j, rows in enumerate(rows_per_request) for r in rows]
+    sums = [None] * len(rows_per_request)
+    for s in range(0, len(flat), max_rows):
+        part = flat[s:s + max_rows]
+        ids, mask = _batch([r for _, r in part], pad, with_targets=False)
+        with torch.no_grad(), capture(lm.model, [name], what=what) as st:
+            lm.model(input_ids=ids.to(dev), attention_mask=mask.to(dev))
+        h = st[name][0]
+        for i, (j, r) in enumerate(part):
+            v = h[i, r.subject_index].double().cpu()
+            sums[j] = v if sums[j] is None else sums[j] + v
+    return torch.stack([x / len(rows) for x, rows in zip(sums, rows_per_request)], 1)
+
 
 
 # ---- step 3: the value --------------------------------------------------------------------------
