@@ -82,8 +82,8 @@ class Patch:
     # other edits from the same fit, evaluated side by side by a job but never saved with this one
     # (e.g. Ext-Sub's expert alone and plain negation of the same two adapters): name -> Patch
     variants: dict = field(default_factory=dict, repr=False)
-    # a scope gate (:class:`trustedit.scope_gate.ScopeGate`): hooks installed on apply, removed on
-    # revert; it writes no weight
+    # a runtime component (see RUNTIME_KINDS): hooks installed on apply, removed on revert; it
+    # writes no weight (a scope gate, GRACE's codebook, IKE's or SERAC's edit memory)
     gate: object = None
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -205,9 +205,7 @@ class Patch:
             deltas[name] = _delta_from(mpath, name, entry, tensors)
         gate = None
         if manifest.get("gate") is not None:
-            from trustedit.scope_gate import ScopeGate
-
-            gate = ScopeGate.from_saved(str(mpath), manifest["gate"], tensors)
+            gate = runtime_from_saved(str(mpath), manifest["gate"], tensors)
         return cls(manifest.get("method", "?"), deltas, manifest, gate=gate)
 
     def digest(self) -> str:
@@ -242,7 +240,8 @@ class Patch:
         from trustedit.models import folder_fingerprint, save_plain, sha256_file
 
         if self.gate is not None:
-            raise TrusteditError(f"a {self.method} patch holds a scope gate (a decision taken while the model runs), "
+            what = RUNTIME_WHAT.get(runtime_kind(self.gate.describe()), "a runtime component")
+            raise TrusteditError(f"a {self.method} patch holds {what} (it acts while the model runs), "
                                  "which merged weights cannot express; use the patch folder itself "
                                  "(trustedit eval/audit --patch, or Patch.load(...).apply(model))")
         was_applied = self.applied
@@ -309,6 +308,40 @@ class Patch:
                 p.copy_(back)
                 out[name] = _tensor_sha256(p.detach())
         return out
+
+
+# Runtime components a Patch can carry (``patch.gate``): ``describe()["kind"]`` -> "module:Class".
+# A class has ``install(model)``, ``remove()``, ``installed``, ``describe() -> dict`` (JSON, with
+# "kind"), ``tensors() -> {"gate.<name>": tensor}`` and ``from_saved(where, info, tensors)``; it
+# never writes a weight, so removing its hooks restores the base model bit for bit.
+RUNTIME_KINDS = {
+    "scope": "trustedit.scope_gate:ScopeGate",
+    "grace": "trustedit.methods.grace:Codebook",
+    "ike": "trustedit.incontext:ContextEditor",
+    "serac": "trustedit.incontext:ContextEditor",
+}
+RUNTIME_WHAT = {"scope": "a scope gate (a decision taken while the model runs)",
+                "grace": "GRACE's key-value codebook", "ike": "IKE's edit memory and demonstrations",
+                "serac": "SERAC's edit memory and scope classifier"}
+
+
+def runtime_kind(info: dict) -> str:
+    """The kind of a saved runtime component (scope gates saved before kinds existed have none)."""
+    return str(info.get("kind", "scope")) if isinstance(info, dict) else "scope"
+
+
+def runtime_from_saved(where: str, info, tensors: dict):
+    """The runtime component a manifest's ``gate`` entry describes (one-line error for an unknown kind)."""
+    import importlib
+
+    if not isinstance(info, dict):
+        raise TrusteditError(f"{where}: field 'gate' must be an object")
+    kind = runtime_kind(info)
+    entry = RUNTIME_KINDS.get(kind)
+    if entry is None:
+        raise TrusteditError(f"{where}: field 'gate.kind' is {kind!r} (known: {', '.join(sorted(RUNTIME_KINDS))})")
+    mod, attr = entry.split(":")
+    return getattr(importlib.import_module(mod), attr).from_saved(where, info, tensors)
 
 
 def _applied_on(model) -> list:

@@ -271,7 +271,7 @@ class ScopeGate:
 
     # ---- persistence ---------------------------------------------------------------------------
     def describe(self) -> dict:
-        return {"features": self.features, "classifier": self.classifier, "threshold": self.threshold,
+        return {"kind": "scope", "features": self.features, "classifier": self.classifier, "threshold": self.threshold,
                 "refusal": list(self.refusal), "eos": self.eos, "k": self.k, "layer": self.layer,
                 "frame": [list(self.frame[0]), list(self.frame[1])], "encoder_fingerprint": self.encoder_fingerprint,
                 "params": sorted(self.params), "adapters": {n: {"scale": d.scale} for n, d in self.adapters.items()}}

@@ -16,6 +16,10 @@ name            file                                             what it edits
                                                                   portability question
 ``zsre-mend``   ``zsre/zsre_mend_eval_portability_gpt4.json``    MEND's ZsRE split with a one-hop
                                                                   portability question
+``cf-train``    ``counterfact/counterfact-train.json``           CounterFact's train split in
+                                                                  MEND's schema (10,000): what the
+                                                                  learned editors train on (MEND,
+                                                                  SERAC's scope, IKE's demonstrations)
 ==============  ===============================================  ================================
 
 Every record becomes an :class:`EditCase`: the edit (prompt, subject, new target, the true target
@@ -46,7 +50,9 @@ FILES = {
     "wikibio": "knowedit/WikiBio/wikibio-test-all.json",
     "cf": "counterfact/counterfact_portability_gpt4.json",
     "zsre-mend": "zsre/zsre_mend_eval_portability_gpt4.json",
+    "cf-train": "counterfact/counterfact-train.json",
 }
+TRAIN_SPLITS = ("cf-train",)  # disjoint from every test split above (CounterFact's case ids 0..21918 split three ways)
 DATASETS = tuple(FILES)
 
 
@@ -190,6 +196,19 @@ def _zsre_mend(path, i, rec) -> EditCase:
                     _str(path, i, rec, "alt"), true, [reph] if isinstance(reph, str) and reph else [], port, loc)
 
 
+def _mend_cf(path, i, rec) -> EditCase:
+    """CounterFact in MEND's schema: prompt, subject, target_new, ground_truth, rephrase_prompt,
+    locality_prompt / locality_ground_truth (another subject, same relation: a neighbourhood prompt)."""
+    reph = _str(path, i, rec, "rephrase_prompt", optional=True)
+    loc = {}
+    if rec.get("locality_prompt") is not None:
+        loc["Neighborhood"] = [(_str(path, i, rec, "locality_prompt"),
+                                _required(path, i, "locality_ground_truth", rec.get("locality_ground_truth")))]
+    return EditCase(f"{path.name}#{i}", _str(path, i, rec, "prompt"), _str(path, i, rec, "subject"),
+                    _str(path, i, rec, "target_new"), _str(path, i, rec, "ground_truth", optional=True),
+                    [reph] if reph else [], {}, loc)
+
+
 SKIPPED: list = []  # probes left out while parsing (the current load's; see load())
 
 
@@ -202,7 +221,7 @@ def _required(path, i, where, value) -> list[str]:
 
 
 PARSERS = {"zsre": _knowedit, "counterfact": _knowedit, "recent": _knowedit, "wikibio": _wikibio, "cf": _cf,
-           "zsre-mend": _zsre_mend}
+           "zsre-mend": _zsre_mend, "cf-train": _mend_cf}
 
 
 def load(name: str, limit: int | None = None, path: str | Path | None = None) -> EditData:
