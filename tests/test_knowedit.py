@@ -179,6 +179,35 @@ def test_edit_modes_run_end_to_end(data_dir, tiny, tmp_path, mode, weights, llam
         weights.assert_same(fresh.model, snap)
 
 
+@pytest.mark.parametrize("method,sets", [("serac", ["threshold=0.5", "demos=0"]), ("ike", ["k=0"])])
+def test_memory_editors_keep_one_cumulative_patch_in_sequential_mode(data_dir, tiny, tmp_path, weights, method, sets):
+    from trustedit.job import JobOptions, plan, run
+    from trustedit.patch import Patch
+    from trustedit.jobs import JOBS
+    from trustedit.results import validate
+
+    snap = weights.snapshot(tiny.model)
+    p = plan(JOBS["edit"], JobOptions(out=str(tmp_path / "r"), sets=sets), method, suites=["knowedit"],
+             suite_values={"gen_tokens": 3, "fluency_tokens": 4}, mode="sequential", edit_batch=2, checkpoints=[2])
+    results = run(p)
+    validate(results)
+    assert [c["edits"] for c in results["curve"]] == [2, 3]
+    # the job leaves its edit applied: one patch (one pair of hooks), not one per fit
+    assert len(tiny.model._forward_hooks) == 1 and len(tiny.model._forward_pre_hooks) == 1
+    weights.assert_same(tiny.model, snap)
+    patch = Patch.load(tmp_path / "r" / "patch")  # the last fit's patch: the whole memory
+    assert [f.prompt for f in patch.gate.facts] == [c["prompt"] for c in CASES] and not patch.deltas
+    for applied in reversed(list(tiny.model._trustedit_patches)):
+        applied.revert(tiny.model)
+    assert not tiny.model._forward_hooks and not tiny.model._forward_pre_hooks
+    # single mode: one fact in memory per case, reverted after each
+    p = plan(JOBS["edit"], JobOptions(out=str(tmp_path / "s"), sets=sets), method, suites=["knowedit"],
+             suite_values={"gen_tokens": 3, "fluency_tokens": 4}, mode="single")
+    results = run(p)
+    assert all(e["training"]["memory"] == 1 for e in results["edits"])
+    assert not tiny.model._forward_hooks and not tiny.model._forward_pre_hooks
+
+
 def test_edit_mode_errors_are_usage_errors(data_dir, tiny, tmp_path):
     from trustedit.errors import UsageError
     from trustedit.job import JobOptions, plan
@@ -253,7 +282,7 @@ def test_rome_layer_auto_takes_the_traced_layer_and_records_it(data_dir, tiny):
 
 
 @pytest.mark.skipif(not __import__("os").environ.get("TRUSTEDIT_DATA_DIR"), reason="TRUSTEDIT_DATA_DIR not set")
-@pytest.mark.parametrize("name", ["zsre", "counterfact", "recent", "wikibio", "cf", "zsre-mend"])
+@pytest.mark.parametrize("name", ["zsre", "counterfact", "recent", "wikibio", "cf", "zsre-mend", "cf-train"])
 def test_every_editing_dataset_loads_into_edit_cases(name):
     from trustedit.data.knowedit import load
 

@@ -600,7 +600,8 @@ def _per_instance(p: Plan, lm, items: dict, timer):
 def _edit_run(p: Plan, lm, items: dict, timer):
     """``batch``: one fit of every case's request. ``sequential``: fits of ``edit_batch`` requests,
     each on the model with the earlier ones in place (an editor's memory, e.g. AlphaEdit's edited
-    keys, lives in the run's shared ``state``); at each checkpoint N the cases edited so far are
+    keys, lives in the run's shared ``state``; a cumulative method's patch holds the whole memory and
+    replaces the previous fit's patch); at each checkpoint N the cases edited so far are
     measured (every other suite too), and after the last fit every suite. Returns ``(post, the
     summed patch, per-fit records, {N: raws})``."""
     from tqdm.auto import tqdm
@@ -621,6 +622,8 @@ def _edit_run(p: Plan, lm, items: dict, timer):
         with timer("edit"):
             for chunk in tqdm(chunks, desc=f"{m.name}: {p.mode}", leave=False):
                 t0 = time.perf_counter()
+                if m.cumulative and kept:  # the new patch holds the previous one's memory: replace it
+                    kept.pop().revert(lm.model)
                 patch = m.fit(lm, RequestBatch(chunk, state), p.cfg)
                 patch.apply(lm.model)
                 kept.append(patch)
@@ -643,7 +646,7 @@ def _edit_run(p: Plan, lm, items: dict, timer):
     finally:
         for patch in reversed(kept):
             patch.revert(lm.model)
-    total = sum_patches(kept, m.name) if len(kept) > 1 else kept[0]
+    total = sum_patches(kept, m.name) if len(kept) > 1 else kept[0]  # a cumulative method keeps one patch
     if len(kept) > 1:
         total.manifest["training"] = {"fits": [e["training"] for e in edits],
                                       "combined": "sum of the sequential deltas"}

@@ -96,10 +96,14 @@ JOBS: dict[str, JobSpec] = {
                     "masked in every output unless --show-pii. Writes results.json, samples.jsonl, summary.md and "
                     "patch/."),
     "edit": JobSpec(
-        "edit", "correct or insert facts (ROME, MEMIT, AlphaEdit, FT-M, FT-L, KN) and measure them the KnowEdit way",
-        methods=("rome", "memit", "alphaedit", "ft-m", "ft-l", "kn"), suites=("knowedit",), edit_modes=True,
+        "edit", "correct or insert facts (ROME, MEMIT, AlphaEdit, FT-M, FT-L, KN, SERAC, IKE) and measure them the "
+                "KnowEdit way",
+        methods=("rome", "memit", "alphaedit", "ft-m", "ft-l", "kn", "serac", "ike"), suites=("knowedit",),
+        edit_modes=True,
         datasets=("zsre", "counterfact", "recent", "wikibio", "cf", "zsre-mend"), dataset_option="edit_data",
-        description="Edit facts with a locate-then-edit editor and measure the knowedit suite (edit success, "
+        description="Edit facts with a locate-then-edit editor (rome, memit, alphaedit, ft-m, ft-l, kn) or a "
+                    "memory-based one (serac, ike: an edit memory read at run time, no weight change) and measure "
+                    "the knowedit suite (edit success, "
                     "portability, locality, fluency; teacher-forced and generation protocols side by side) before "
                     "and after. --mode single edits, measures and reverts each case; batch fits every case at "
                     "once; sequential keeps fits of --edit-batch cases one after another, measures the cases "

@@ -29,6 +29,8 @@ METHODS: dict[str, str] = {
     "alphaedit": "trustedit.methods.alphaedit:METHOD",
     "kn": "trustedit.methods.kn:METHOD",
     "ft-l": "trustedit.methods.ft_l:METHOD",
+    "serac": "trustedit.methods.serac:METHOD",
+    "ike": "trustedit.methods.ike:METHOD",
 }
 
 # Evaluation suites (trustedit/suites/, one file each): name -> the Suite object.

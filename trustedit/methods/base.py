@@ -469,6 +469,10 @@ class Method:
     # ``fit`` takes edit requests (:mod:`trustedit.methods.requests`): one, or a batch of them, so that
     # ``trustedit edit`` can run it in single, batch and sequential modes
     edits_requests: bool = False
+    # each fit's patch holds every edit of the run so far (an edit memory kept in the requests' state:
+    # GRACE's codebook, IKE's and SERAC's facts), so a sequential run replaces the previous fit's
+    # patch with it instead of stacking patches
+    cumulative: bool = False
 
     def __post_init__(self):
         if self.protocol not in PROTOCOLS:

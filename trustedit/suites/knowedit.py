@@ -6,7 +6,8 @@ an edit. Two protocols, always labelled and never mixed in one column:
 
 * **teacher-forced** (``*_tf``, KnowEdit-compatible): the prompt's token ids, then the target's
   token ids (aligned by :func:`trustedit.methods.requests.encode_request`, never by joining strings
-  and re-tokenising), right-padded with an explicit attention mask; the score is the share of
+  and re-tokenising), the target read on the prompt's KV cache (equal to one right-padded pass over
+  prompt + target; it lets an editor that acts at run time see where the prompt ends); the score is the share of
   target positions whose argmax is the target token. Locality compares the edited model's argmax
   with the base model's at each position of the gold answer.
 * **generation** (``*_gen``): greedy decoding of ``gen_tokens`` new tokens, then normalised
@@ -182,7 +183,7 @@ class KnowEditSuite(Suite):
 
     def measure(self, lm, items, batch_size=16):
         from trustedit.metrics.fluency import continuation_nll
-        from trustedit.prompts import Pair, generate, predicted_target_tokens
+        from trustedit.prompts import generate
 
         tok, model = lm.tokenizer, lm.model
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -191,14 +192,26 @@ class KnowEditSuite(Suite):
         was = model.training
         model.eval()
         try:
+            # Teacher forcing runs on each prompt's generation cache (prompts.generate with targets): the
+            # prompt is read in one call and the target continues it, as a model that acts while it
+            # runs (SERAC, IKE: trustedit.incontext) needs to know where the prompt ends; the
+            # predictions equal one pass over prompt + target. Every teacher-forced row but the rewrite
+            # has a generation row with the same prompt, in the same order.
+            flat_gen = [(i, x, t) for i, r in enumerate(rows) for x, t in zip(r["gen"], r["tf"][1:])]
+            gen_ids, gen_preds = [], []
+            if flat_gen:
+                _, gen_ids, gen_preds = generate(model, tok, [x["prompt"] for _, x, _ in flat_gen], opts.gen_tokens,
+                                                 batch_size, desc="knowedit generation", share_prefix=False,
+                                                 targets=[t["target"] for _, _, t in flat_gen])
+            _, rw_ids, rw_preds = generate(model, tok, [r["rewrite_prompt"] for r in rows],
+                                           max(opts.fluency_tokens, opts.gen_tokens), batch_size,
+                                           desc="knowedit rewrite generation", share_prefix=False,
+                                           targets=[r["tf"][0]["target"] for r in rows])
+            per_case = [[p] for p in rw_preds]
+            for (i, _, _), p in zip(flat_gen, gen_preds):
+                per_case[i].append(p)
             flat_tf = [(i, x) for i, r in enumerate(rows) for x in r["tf"]]
-            preds = predicted_target_tokens(model, [Pair(x["prompt"], x["target"]) for _, x in flat_tf], pad,
-                                            batch_size, desc="knowedit teacher-forced", share_prefix=False)
-            flat_gen = [(i, x) for i, r in enumerate(rows) for x in r["gen"]]
-            _, gen_ids = generate(model, tok, [x["prompt"] for _, x in flat_gen], opts.gen_tokens, batch_size,
-                                  desc="knowedit generation", share_prefix=False) if flat_gen else ([], [])
-            _, rw_ids = generate(model, tok, [r["rewrite_prompt"] for r in rows], max(opts.fluency_tokens, opts.gen_tokens),
-                                 batch_size, desc="knowedit rewrite generation", share_prefix=False)
+            preds = [p for ps in per_case for p in ps]
             flat_prob = [(i, x) for i, r in enumerate(rows) for x in r["prob"]]
             nll = []
             if flat_prob:
@@ -210,7 +223,7 @@ class KnowEditSuite(Suite):
         out = [{"tf": [], "gen": [], "gen_ids": [], "prob": [], "rewrite_text": "", "rewrite_gen": ""} for _ in rows]
         for (i, x), p in zip(flat_tf, preds):
             out[i]["tf"].append(p)
-        for (i, x), ids in zip(flat_gen, gen_ids):
+        for (i, x, _), ids in zip(flat_gen, gen_ids):
             out[i]["gen"].append(tok.decode(ids, skip_special_tokens=True).strip())
             out[i]["gen_ids"].append(list(ids))
         for i, ids in enumerate(rw_ids):
