@@ -1,11 +1,12 @@
-"""Seconds per edit of the locate-then-edit editors on the embedded model (issue 14's speed table).
+"""Seconds per edit of the request editors on the embedded model (the speed tables of RESULTS §17, §18).
 
     python -m trustedit.benchmarks.editor_timing --method rome --edits 20 [--json out.json]
     python -m trustedit.benchmarks.editor_timing --method memit --edits 200 --batch 100
 
 Algorithm only: the model is loaded before the clock starts; the one-off key statistics (C on
 WikiText-2) are timed separately, computed into a fresh cache folder so that they are measured,
-not read. Each fit edits ``--batch`` requests (1: the single-edit protocol; MEMIT and AlphaEdit
+not read (MEND's trained editor and SERAC's trained scope threshold are read from the cache: their
+training is timed by ``mend_training`` and recorded in the manifest). Each fit edits ``--batch`` requests (1: the single-edit protocol; MEMIT and AlphaEdit
 report seconds per 100-edit batch) of the first ``--edits`` ZsRE test records of KnowEdit; the
 model is left unedited after each fit. Reports the median, min and max seconds per fit, how many
 edits the editor reports converged, and peak RSS.
@@ -24,7 +25,8 @@ import time
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--method", choices=["rome", "memit", "alphaedit", "ft-m", "ft-l", "kn"], default="rome")
+    ap.add_argument("--method", choices=["rome", "memit", "alphaedit", "ft-m", "ft-l", "kn", "serac", "ike", "grace",
+                                         "mend", "lora", "adalora"], default="rome")
     ap.add_argument("--edits", type=int, default=20)
     ap.add_argument("--batch", type=int, default=1, help="requests per fit (MEMIT / AlphaEdit: 100)")
     ap.add_argument("--set", dest="sets", action="append", default=[], help="method option key=value")
@@ -39,13 +41,14 @@ def main(argv=None) -> int:
     from trustedit.models import load_model
     from trustedit.registry import get_method
 
-    os.environ["TRUSTEDIT_CACHE"] = tempfile.mkdtemp(prefix="trustedit-timing-")  # statistics measured, not read
     m = get_method(a.method)
     cfg = m.config.resolve(None, a.sets)
     lm = load_model(a.model)
     recs = json.loads(require("knowedit/ZsRE/ZsRE-test-all.json").read_text())[: a.edits]
     reqs = [EditRequest(r["prompt"], r["subject"], r["target_new"], id=str(i)) for i, r in enumerate(recs)]
     layers = _stats_layers(lm, a.method, cfg)
+    if layers:  # key statistics measured, not read; a trained editor (MEND) or a trained scope (SERAC) is read
+        os.environ["TRUSTEDIT_CACHE"] = tempfile.mkdtemp(prefix="trustedit-timing-")
     stats_s = None
     if layers:
         from trustedit.methods.key_stats import key_second_moments

@@ -31,6 +31,9 @@ METHODS: dict[str, str] = {
     "ft-l": "trustedit.methods.ft_l:METHOD",
     "serac": "trustedit.methods.serac:METHOD",
     "ike": "trustedit.methods.ike:METHOD",
+    "lora": "trustedit.methods.lora_edit:METHOD",
+    "adalora": "trustedit.methods.adalora:METHOD",
+    "grace": "trustedit.methods.grace:METHOD",
 }
 
 # Evaluation suites (trustedit/suites/, one file each): name -> the Suite object.

@@ -313,6 +313,94 @@ def _float_below(x: float, dtype) -> float:
     return t.item()
 
 
+def step_budget(n_requests: int, schedule: str, steps: int, epochs: int, batch_size: int) -> int:
+    """The most optimiser steps :func:`run_schedule` can take on ``n_requests`` requests (AdaLoRA's
+    ``total_step``): ``steps`` for one request, ``steps`` per request depth-first, one per
+    mini-batch per epoch breadth-first."""
+    if n_requests == 1:
+        return steps
+    if schedule == "depth-first":
+        return steps * n_requests
+    return epochs * math.ceil(n_requests / batch_size)
+
+
+def run_schedule(rows: list, *, prepare, nll, params, method: str, lr: float, steps: int, epochs: int,
+                 batch_size: int, schedule: str, nll_stop: float, seed: int, lengths: list,
+                 regulariser=None, after_step=None, optimiser=None, desc: str | None = None) -> dict:
+    """The schedules of the module docstring (``single`` for one row, else ``schedule``), for any
+    trained ``params``: ``prepare(rows) -> batch`` builds the inputs of some rows, ``nll(batch)``
+    gives each row's mean target NLL (a tensor with grad), ``lengths`` the rows' sequence lengths
+    (to group mini-batches). The loss stepped on is the batch's mean NLL, plus ``regulariser()``
+    when given (the early stop reads the NLL alone); ``after_step(global_step)`` runs after every
+    optimiser step (before the next ``zero_grad``, so the gradients are still there), and
+    ``optimiser(params, lr)`` makes the optimisers (default: AdamW without weight decay); ``desc``:
+    a progress bar over the step budget (:func:`step_budget`). Returns the record ``{schedule,
+    steps[, epochs]}``."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from trustedit.errors import NumericalError
+
+    make = optimiser or _adamw
+    sched = "single" if len(rows) == 1 else schedule
+    if sched not in ("single",) + SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    record = {"schedule": sched, "steps": 0}
+    g = torch.Generator().manual_seed(seed)
+    bar = tqdm(total=step_budget(len(rows), schedule, steps, epochs, batch_size), desc=desc, unit="step",
+               leave=False, **({"disable": True} if desc is None else {}))
+
+    def step(opt, nll_rows):
+        loss = nll_rows.mean()
+        if regulariser is not None:
+            loss = loss + regulariser()
+        if not torch.isfinite(loss):
+            raise NumericalError(f"{method}: the loss became {loss.item()} at step {record['steps']}; "
+                                 "lower the learning rate")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if after_step is not None:
+            after_step(record["steps"])
+        record["steps"] += 1
+        bar.update(1)
+
+    def until_stop(group: list):
+        b = prepare(group)  # built once: the inputs do not change
+        opt = make(params, lr)
+        for _ in range(steps):
+            v = nll(b)
+            if bool((v.detach() < nll_stop).all()):
+                break
+            step(opt, v)
+
+    try:
+        if sched == "single":
+            until_stop(rows)
+        elif sched == "depth-first":
+            for r in rows:
+                until_stop([r])
+        else:
+            opt = make(params, lr)
+            latest = [math.inf] * len(rows)
+            record["epochs"] = 0
+            for _ in range(epochs):
+                record["epochs"] += 1
+                for idx in length_grouped_batches(lengths, batch_size, g):
+                    v = nll(prepare([rows[i] for i in idx]))
+                    vals = v.detach().tolist()
+                    for i, x in zip(idx, vals):
+                        latest[i] = x
+                    if all(x < nll_stop for x in vals):
+                        continue
+                    step(opt, v)
+                if all(x < nll_stop for x in latest):
+                    break
+    finally:
+        bar.close()
+    return record
+
+
 def edit(lm, train, *, method: str, layer, objective: str, lr: float, steps: int, epochs: int, batch_size: int,
          schedule: str, nll_stop: float, norm_constraint: float = 0.0, seed: int = 0):
     """Fine-tune the down-projection of ``layer`` on the requests of ``train`` (an
@@ -324,7 +412,6 @@ def edit(lm, train, *, method: str, layer, objective: str, lr: float, steps: int
     import torch
 
     from trustedit import arch
-    from trustedit.errors import NumericalError
     from trustedit.hooks import only_trainable
     from trustedit.methods.requests import as_requests, encode_request, prompt_bos
     from trustedit.patch import dense_patch_from
@@ -350,58 +437,20 @@ def edit(lm, train, *, method: str, layer, objective: str, lr: float, steps: int
     box = None
     if norm_constraint:
         box = (before[name] - norm_constraint, before[name] + norm_constraint)
-    sched = "single" if len(rows) == 1 else schedule
-    record = {"steps": 0}
-    g = torch.Generator().manual_seed(seed)
     was_training = model.training
     model.eval()
     try:
         with only_trainable(model, [name]), run.upper_only():
 
-            def step(opt, nll):
-                loss = nll.mean()
-                if not torch.isfinite(loss):
-                    raise NumericalError(f"{method}: the loss became {loss.item()} at step {record['steps']}; "
-                                         "lower the learning rate")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+            def clamp(_step):
                 if box is not None:
                     with torch.no_grad():
                         W.clamp_(min=box[0], max=box[1])
-                record["steps"] += 1
 
-            def until_stop(group: list[Row]):
-                b = run.batch(group, objective)  # built once: the inputs do not change
-                opt = _adamw([W], lr)
-                for _ in range(steps):
-                    nll = run.nll(b)
-                    if bool((nll.detach() < nll_stop).all()):
-                        break
-                    step(opt, nll)
-
-            if sched == "single":
-                until_stop(rows)
-            elif sched == "depth-first":
-                for r in rows:
-                    until_stop([r])
-            else:
-                opt = _adamw([W], lr)
-                latest = [math.inf] * len(rows)
-                lengths = [len(r.seq(objective)) for r in rows]
-                record["epochs"] = 0
-                for _ in range(epochs):
-                    record["epochs"] += 1
-                    for idx in length_grouped_batches(lengths, batch_size, g):
-                        nll = run.nll(run.batch([rows[i] for i in idx], objective))
-                        vals = nll.detach().tolist()
-                        for i, v in zip(idx, vals):
-                            latest[i] = v
-                        if all(v < nll_stop for v in vals):
-                            continue
-                        step(opt, nll)
-                    if all(v < nll_stop for v in latest):
-                        break
+            record = run_schedule(rows, prepare=lambda group: run.batch(group, objective), nll=run.nll, params=[W],
+                                  method=method, lr=lr, steps=steps, epochs=epochs, batch_size=batch_size,
+                                  schedule=schedule, nll_stop=nll_stop, seed=seed,
+                                  lengths=[len(r.seq(objective)) for r in rows], after_step=clamp)
             final = run.scores(rows)
     except BaseException:
         with torch.no_grad():
@@ -417,7 +466,7 @@ def edit(lm, train, *, method: str, layer, objective: str, lr: float, steps: int
         if objective == "prompt_last":
             e["objective_nll"] = s["prompt_last_nll"]
         per.append(e)
-    training = {"layer": L, "parameters": [name], "objective": objective, "schedule": sched, **record,
+    training = {"layer": L, "parameters": [name], "objective": objective, **record,
                 "requests": len(rows), "lr": lr, "nll_stop": nll_stop}
     if norm_constraint:
         (d,) = patch.deltas.values()
