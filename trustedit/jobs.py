@@ -96,13 +96,16 @@ JOBS: dict[str, JobSpec] = {
                     "masked in every output unless --show-pii. Writes results.json, samples.jsonl, summary.md and "
                     "patch/."),
     "edit": JobSpec(
-        "edit", "correct or insert facts (ROME, MEMIT, AlphaEdit, FT-M, FT-L, KN, LoRA, AdaLoRA, GRACE, SERAC, IKE) and "
+        "edit", "correct or insert facts (ROME, MEMIT, AlphaEdit, FT-M, FT-L, KN, MEND, LoRA, AdaLoRA, GRACE, SERAC, "
+                "IKE) and "
                 "measure them the KnowEdit way",
-        methods=("rome", "memit", "alphaedit", "ft-m", "ft-l", "kn", "lora", "adalora", "grace", "serac", "ike"),
+        methods=("rome", "memit", "alphaedit", "ft-m", "ft-l", "kn", "mend", "lora", "adalora", "grace", "serac",
+                 "ike"),
         suites=("knowedit",),
         edit_modes=True,
         datasets=("zsre", "counterfact", "recent", "wikibio", "cf", "zsre-mend"), dataset_option="edit_data",
-        description="Edit facts with a locate-then-edit editor (rome, memit, alphaedit, ft-m, ft-l, kn), "
+        description="Edit facts with a locate-then-edit editor (rome, memit, alphaedit, ft-m, ft-l, kn), MEND's "
+                    "trained hypernetwork (mend), "
                     "adapters merged into the weights (lora, adalora) or a memory-based one (grace: a key-value "
                     "codebook on one layer; serac, ike: an edit memory read at run time; no weight change) and "
                     "measure "

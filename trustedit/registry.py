@@ -34,6 +34,7 @@ METHODS: dict[str, str] = {
     "lora": "trustedit.methods.lora_edit:METHOD",
     "adalora": "trustedit.methods.adalora:METHOD",
     "grace": "trustedit.methods.grace:METHOD",
+    "mend": "trustedit.methods.mend:METHOD",
 }
 
 # Evaluation suites (trustedit/suites/, one file each): name -> the Suite object.
