@@ -185,3 +185,8 @@ def test_ike_demonstrations_never_include_the_test_prompt():
     ctx = ed.context_text(fact, "Who painted the Mona Lisa?")
     assert "Who painted the Mona Lisa? Leonardo" not in ctx and ctx.endswith("New Fact: Who painted the Mona Lisa? Picasso\n")
     assert ed.context_text(fact, "Something else").count("New Fact:") == 3
+    # SERAC's copy demonstration is the edit itself, shown even when the input is the edit's prompt
+    own = Fact("Who painted the Mona Lisa?", "Picasso", [], copy=True)
+    ctx = ContextEditor("serac", [own], embed([own.prompt]), threshold=0.5).context_text(own, own.prompt)
+    assert ctx == "New Fact: Who painted the Mona Lisa? Picasso\nWho painted the Mona Lisa? Picasso\n\n" \
+                  "New Fact: Who painted the Mona Lisa? Picasso\n"

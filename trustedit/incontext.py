@@ -72,6 +72,7 @@ class Fact:
     prompt: str
     target: str
     demos: list = field(default_factory=list)  # IKE: the demonstration texts retrieved for it, most similar last
+    copy: bool = False  # SERAC: the fact also shown once as its own copy demonstration, before it
 
     @property
     def text(self) -> str:
@@ -138,12 +139,15 @@ class ContextEditor:
         then the fact itself."""
         q = norm_text(query)
         demos = [d for d in fact.demos if not q or q not in norm_text(d)]
+        if fact.copy:  # the edit itself, not a test prompt: the counterfactual is told to repeat it
+            demos.append(fact_line(fact) + fact.text)
         return "".join(d + "\n\n" for d in demos) + fact_line(fact)
 
     # ---- persistence ---------------------------------------------------------------------------
     def describe(self) -> dict:
         return {"kind": self.kind, "threshold": self.threshold, "encoder_fingerprint": self.encoder_fingerprint,
-                "facts": [{"prompt": f.prompt, "target": f.target, "demos": list(f.demos)} for f in self.facts],
+                "facts": [{"prompt": f.prompt, "target": f.target, "demos": list(f.demos), "copy": f.copy}
+                          for f in self.facts],
                 "info": self.info}
 
     def tensors(self) -> dict:
@@ -161,7 +165,7 @@ class ContextEditor:
                 demos = f.get("demos", [])
                 if not isinstance(demos, list) or not all(isinstance(d, str) for d in demos):
                     raise TrusteditError(f"{where}: gate.facts[{j}].demos must be a list of strings")
-                facts.append(Fact(f["prompt"], f["target"], list(demos)))
+                facts.append(Fact(f["prompt"], f["target"], list(demos), bool(f.get("copy", False))))
             keys = tensors["gate.keys"]
             thr = info.get("threshold")
             if keys.dim() != 2 or keys.shape[0] != len(facts):

@@ -15,9 +15,9 @@ Three parts, none of them a weight change of the base model:
    out-of-scope prompts in. The calibration record (rates, ROC-AUC) goes into the manifest.
 3. **Counterfactual model**: answers in-scope inputs given the retrieved edit. The paper trains a
    separate small seq2seq model on (edit, input) pairs; here it is **the base model prompted with
-   the edit** (``New Fact: <prompt> <target>`` on the line before the input, after ``demos``
-   fixed copy/update demonstrations from the train split), which needs no training and answers in
-   the base model's own style. Out of scope, the base model answers, bit for bit
+   the edit** (``New Fact: <prompt> <target>`` on the line before the input, after the edit shown
+   once as its own copy demonstration, ``copy_demo``, and ``demos`` fixed demonstrations from the
+   train split), which needs no training and answers in the base model's own style. Out of scope, the base model answers, bit for bit
    (:mod:`trustedit.incontext`).
 
 Deviations, documented: the encoder is not fine-tuned (the paper fine-tunes a DistilBERT scope
@@ -45,8 +45,12 @@ class SERACConfig(MethodConfig):
     false_positive_rate: float = opt(0.01, "Share of out-of-scope training prompts the threshold lets in.", ge=0,
                                      lt=1)
     threshold: float = opt(0.0, "Scope threshold on the cosine similarity (0: train it on train_data).", ge=0, lt=1)
-    demos: int = opt(2, "Fixed copy/update demonstrations from the train split before the retrieved edit in the "
-                     "counterfactual's prompt (0: the edit alone).", ge=0)
+    copy_demo: bool = opt(True, "Show the retrieved edit once as its own copy demonstration before it in the "
+                          "counterfactual's prompt ('New Fact: <p> <t>' / '<p> <t>'). Pilot, 40 ZsRE cases, "
+                          "teacher-forced edit / rephrase: 95.9 / 89.2 % with it, 78.2 / 79.3 % with the edit alone, "
+                          "84.6 / 79.4 % with 2 train-split demonstrations instead.")
+    demos: int = opt(0, "Fixed copy/update demonstrations from the train split before the retrieved edit in the "
+                     "counterfactual's prompt.", ge=0)
 
 
 def _digest(*parts) -> str:
@@ -137,13 +141,13 @@ def fit(lm, requests, cfg: SERACConfig, stages=None):
     demos = fixed_demos(cfg)
     mem = requests.state.setdefault("serac", {"facts": [], "keys": []})
     for r in requests:
-        mem["facts"].append(Fact(r.prompt, r.target_new, list(demos)))
+        mem["facts"].append(Fact(r.prompt, r.target_new, list(demos), cfg.copy_demo))
         mem["keys"].append(embed([r.prompt])[0])
     editor = ContextEditor("serac", list(mem["facts"]), torch.stack(mem["keys"]), threshold=float(scope["threshold"]),
                            encoder_fingerprint=encoder().fingerprint,
                            info={"scope": {k: v for k, v in scope.items() if k != "train_data"},
                                  "counterfactual": "the base model prompted with the retrieved edit",
-                                 "demos": len(demos)})
+                                 "demos": len(demos), "copy_demo": cfg.copy_demo})
     patch = Patch("serac", {}, gate=editor)
     patch.manifest["training"] = {"requests": len(requests), "memory": len(mem["facts"]), "scope": scope,
                                   "demos": len(demos), "seconds": round(time.time() - t0, 2)}
