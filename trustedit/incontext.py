@@ -36,6 +36,7 @@ import time
 from dataclasses import dataclass, field
 
 from trustedit.errors import TrusteditError
+from trustedit.runtime import RuntimeComponent, saved_fields
 
 STATE_ATTR = "_trustedit_context"
 KINDS = ("ike", "serac")
@@ -102,7 +103,7 @@ class _Rows:
 
 
 @dataclass
-class ContextEditor:
+class ContextEditor(RuntimeComponent):
     kind: str  # ike | serac
     facts: list  # [Fact]
     keys: object  # (F, 384) unit-norm MiniLM embeddings of the facts' retrieval texts
@@ -157,7 +158,7 @@ class ContextEditor:
     def from_saved(cls, where: str, info, tensors: dict) -> "ContextEditor":
         if not isinstance(info, dict):
             raise TrusteditError(f"{where}: field 'gate' must be an object")
-        try:
+        with saved_fields(where):
             facts = []
             for j, f in enumerate(info["facts"]):
                 if not isinstance(f, dict) or not isinstance(f.get("prompt"), str) or not isinstance(f.get("target"), str):
@@ -173,15 +174,8 @@ class ContextEditor:
                                      f"({len(facts)})")
             return cls(info["kind"], facts, keys, None if thr is None else float(thr), info.get("encoder_fingerprint"),
                        dict(info.get("info") or {}))
-        except KeyError as e:
-            raise TrusteditError(f"{where}: gate field or tensor {e} missing") from None
-        except (TypeError, ValueError) as e:
-            raise TrusteditError(f"{where}: malformed gate ({e})") from None
 
     # ---- install / remove ----------------------------------------------------------------------
-    @property
-    def installed(self) -> bool:
-        return bool(self._handles)
 
     def install(self, model) -> None:
         if self.installed:
@@ -195,16 +189,10 @@ class ContextEditor:
             raise TrusteditError(f"the {self.kind} memory was built with sentence encoder {self.encoder_fingerprint}, "
                                  f"the installed one is {enc.fingerprint}")
         self._model, self._tok = model, tok
-        try:
-            self._handles.append(model.register_forward_pre_hook(self._pre, with_kwargs=True))
-            self._handles.append(model.register_forward_hook(self._post, with_kwargs=True))
-        except BaseException:
-            self.remove()
-            raise
+        self._register(lambda: model.register_forward_pre_hook(self._pre, with_kwargs=True),
+                       lambda: model.register_forward_hook(self._post, with_kwargs=True))
 
-    def remove(self) -> None:
-        while self._handles:
-            self._handles.pop().remove()
+    def _forget(self) -> None:
         self._now = {}
         self._model = None
 

@@ -49,6 +49,7 @@ import time
 from dataclasses import dataclass, field
 
 from trustedit.errors import TrusteditError
+from trustedit.runtime import RuntimeComponent, saved_fields
 
 FORCED_OTHER = -1.0e4  # logit of every token but the forced one (finite: log-probs stay finite)
 STATE_ATTR = "_trustedit_scope"
@@ -251,7 +252,7 @@ class _Seq:
 
 
 @dataclass
-class ScopeGate:
+class ScopeGate(RuntimeComponent):
     features: str  # minilm | hidden
     classifier: str  # knn | logreg
     params: dict  # the scope model's tensors
@@ -289,7 +290,7 @@ class ScopeGate:
 
         if not isinstance(info, dict):
             raise TrusteditError(f"{where}: field 'gate' must be an object")
-        try:
+        with saved_fields(where):
             feats, clf = info["features"], info["classifier"]
             if feats not in FEATURES or clf not in CLASSIFIERS:
                 raise TrusteditError(f"{where}: gate features {feats!r} / classifier {clf!r} unknown")
@@ -302,15 +303,8 @@ class ScopeGate:
             frame = info.get("frame") or [[], []]
             return cls(feats, clf, params, thr, [int(t) for t in info["refusal"]], int(info["eos"]), int(info.get("k", 3)),
                        info.get("layer"), (list(frame[0]), list(frame[1])), info.get("encoder_fingerprint"), adapters)
-        except KeyError as e:
-            raise TrusteditError(f"{where}: gate field or tensor {e} missing") from None
-        except (TypeError, ValueError) as e:
-            raise TrusteditError(f"{where}: malformed gate ({e})") from None
 
     # ---- install / remove ----------------------------------------------------------------------
-    @property
-    def installed(self) -> bool:
-        return bool(self._handles)
 
     def install(self, model) -> None:
         """Register the hooks (all or nothing)."""
@@ -326,20 +320,14 @@ class ScopeGate:
             raise TrusteditError(f"the gate pools layer {self.layer}, the model has {arch.num_layers(model)} layers")
         if self.features == "minilm":
             self._load_minilm(model)
-        try:
-            self._handles.append(model.register_forward_pre_hook(self._pre, with_kwargs=True))
-            self._handles.append(model.register_forward_hook(self._post, with_kwargs=True))
-            if self.features == "hidden":
-                self._handles.append(layer_module(model, self.layer).register_forward_hook(self._layer_hook))
-            for name in self.adapters:
-                self._handles.append(mods[name].register_forward_hook(self._adapter_hook(name)))
-        except BaseException:
-            self.remove()
-            raise
+        makers = [lambda: model.register_forward_pre_hook(self._pre, with_kwargs=True),
+                  lambda: model.register_forward_hook(self._post, with_kwargs=True)]
+        if self.features == "hidden":
+            makers.append(lambda: layer_module(model, self.layer).register_forward_hook(self._layer_hook))
+        makers += [lambda name=name: mods[name].register_forward_hook(self._adapter_hook(name)) for name in self.adapters]
+        self._register(*makers)
 
-    def remove(self) -> None:
-        while self._handles:
-            self._handles.pop().remove()
+    def _forget(self) -> None:
         self._now = {}
 
     def _load_minilm(self, model):

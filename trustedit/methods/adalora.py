@@ -137,11 +137,10 @@ def fit(lm, train, cfg: AdaLoraEditConfig, stages=None):
                              fan_in_fan_out=conv1d)
 
     def hooks(peft_model, budget):
-        allocate = None
-        if cfg.target_r < cfg.init_r:
-            def allocate(step):
-                peft_model.base_model.update_and_allocate(step)
-        return orthogonal_regulariser(peft_model, cfg.orth_reg_weight), allocate
+        def allocate(step):
+            peft_model.base_model.update_and_allocate(step)
+
+        return orthogonal_regulariser(peft_model, cfg.orth_reg_weight), (allocate if cfg.target_r < cfg.init_r else None)
 
     return adapter_edit(lm, train, cfg, method="adalora", peft_config=peft_config, read_deltas=adalora_deltas,
                         hooks=hooks)

@@ -401,6 +401,15 @@ def run_schedule(rows: list, *, prepare, nll, params, method: str, lr: float, st
     return record
 
 
+def request_rows(tok, requests) -> tuple[list, int]:
+    """``(rows, pad id)``: each request's prompt and target token ids as a :class:`Row`."""
+    from trustedit.methods.requests import encode_request, prompt_bos
+
+    bos = prompt_bos(tok)
+    rows = [Row(r.id or str(i), *encode_request(tok, r.prompt, r.target_new, bos)) for i, r in enumerate(requests)]
+    return rows, (tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0))
+
+
 def edit(lm, train, *, method: str, layer, objective: str, lr: float, steps: int, epochs: int, batch_size: int,
          schedule: str, nll_stop: float, norm_constraint: float = 0.0, seed: int = 0):
     """Fine-tune the down-projection of ``layer`` on the requests of ``train`` (an
@@ -413,7 +422,7 @@ def edit(lm, train, *, method: str, layer, objective: str, lr: float, steps: int
 
     from trustedit import arch
     from trustedit.hooks import only_trainable
-    from trustedit.methods.requests import as_requests, encode_request, prompt_bos
+    from trustedit.methods.requests import as_requests
     from trustedit.patch import dense_patch_from
 
     if objective not in OBJECTIVES:
@@ -426,12 +435,7 @@ def edit(lm, train, *, method: str, layer, objective: str, lr: float, steps: int
     name = arch.layer_path(model, L, arch.arch_for(model).down) + ".weight"
     W = dict(model.named_parameters())[name]
     before = {name: W.detach().clone()}
-    bos = prompt_bos(tok)
-    rows = []
-    for i, r in enumerate(requests):
-        p, t = encode_request(tok, r.prompt, r.target_new, bos)
-        rows.append(Row(r.id or str(i), p, t))
-    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    rows, pad = request_rows(tok, requests)
     run = Runner(model, L, pad)
     run.cache(rows)
     box = None

@@ -60,6 +60,7 @@ from dataclasses import dataclass, field
 
 from trustedit.errors import TrusteditError, UsageError
 from trustedit.methods.base import Method, MethodConfig, layer_index, opt, set_seed
+from trustedit.runtime import RuntimeComponent
 
 KIND = "grace"
 DISTANCE = "euclidean"
@@ -102,7 +103,7 @@ def nearest(h, keys):
 
 
 @dataclass(eq=False)
-class Codebook:
+class Codebook(RuntimeComponent):
     """GRACE's key-value codebook at module ``module`` (see the module docstring). ``keys``:
     ``n x d_in`` float32, ``values``: ``n x d_out`` float32, ``eps``: ``n`` float64."""
 
@@ -231,9 +232,6 @@ class Codebook:
                    [str(x) for x in ids], {a: int(counts.get(a, 0)) for a in ACTIONS})
 
     # ---- install / remove ----------------------------------------------------------------------
-    @property
-    def installed(self) -> bool:
-        return bool(self._handles)
 
     def install(self, model) -> None:
         """Register the forward hook on the codebook's module (all or nothing)."""
@@ -247,15 +245,9 @@ class Codebook:
             raise TrusteditError(f"the GRACE codebook's keys/values are {self.keys.shape[1]}/{self.values.shape[1]}"
                                  f"-dimensional, module {self.module} maps {d_in} -> {d_out}")
         self._dev = {}
-        try:
-            self._handles.append(mod.register_forward_hook(self._hook))
-        except BaseException:
-            self.remove()
-            raise
+        self._register(lambda: mod.register_forward_hook(self._hook))
 
-    def remove(self) -> None:
-        while self._handles:
-            self._handles.pop().remove()
+    def _forget(self) -> None:
         self._dev = {}
 
     @contextmanager

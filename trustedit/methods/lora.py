@@ -27,23 +27,28 @@ class LoraFields(MethodConfig):
                         item="LoRA target role", min_items=1)
 
 
-def target_modules(model, roles, first_layer=0.0) -> list[str]:
-    """Full module names of ``roles`` in every layer from ``first_layer`` (an index or a fraction of depth)."""
+def target_modules(model, roles, first_layer=0.0, fused_qkv: bool = False) -> list[str]:
+    """Full module names of ``roles`` in every layer from ``first_layer`` (an index or a fraction of
+    depth). ``fused_qkv``: q, k and v fall back to a fused q/k/v projection (GPT-2's ``c_attn``) where
+    the architecture has one (each module named once)."""
     from trustedit import arch
     from trustedit.errors import UsageError
 
     spec = arch.arch_for(model)
     n = arch.num_layers(model)
     first = layer_index(first_layer, n)
-    names = []
+    rels = []
     for role in roles:
         if role not in ROLES:
             raise UsageError(f"unknown LoRA target role {role!r} (known: {', '.join(ROLES)})")
         rel = getattr(spec, role)
+        if rel is None and fused_qkv and role in ("q", "k", "v"):
+            rel = spec.qkv_fused
         if rel is None:
             raise UsageError(f"architecture {model.config.model_type} has no separate {role} projection")
-        names += [arch.layer_path(model, i, rel) for i in range(first, n)]
-    return names
+        if rel not in rels:
+            rels.append(rel)
+    return [arch.layer_path(model, i, rel) for rel in rels for i in range(first, n)]
 
 
 def train_lora(lm, pairs, modules, *, rank, alpha, dropout, lr, epochs=1, max_steps=None, batch_size=8,

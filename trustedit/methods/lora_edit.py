@@ -84,27 +84,12 @@ class LoraEditConfig(AdapterEditFields):
 
 
 def adapter_modules(model, roles, first_layer=0) -> tuple[list[str], int]:
-    """``(full module names, first adapted layer)``: the projections of ``roles`` in every layer from
-    ``first_layer`` (an index or a fraction of depth). Roles come from the architecture table; q, k
-    and v fall back to a fused q/k/v projection (GPT-2's ``c_attn``) where the architecture has one."""
+    """``(full module names, first adapted layer)``: :func:`trustedit.methods.lora.target_modules`
+    with q, k and v falling back to a fused q/k/v projection (GPT-2's ``c_attn``)."""
     from trustedit import arch
-    from trustedit.errors import UsageError
+    from trustedit.methods.lora import target_modules
 
-    spec = arch.arch_for(model)
-    n = arch.num_layers(model)
-    first = layer_index(first_layer, n)
-    rels = []
-    for role in roles:
-        if role not in ROLES:
-            raise UsageError(f"unknown LoRA target role {role!r} (known: {', '.join(ROLES)})")
-        rel = getattr(spec, role)
-        if rel is None and role in ("q", "k", "v"):
-            rel = spec.qkv_fused
-        if rel is None:
-            raise UsageError(f"architecture {model.config.model_type} has no separate {role} projection")
-        if rel not in rels:
-            rels.append(rel)
-    return [arch.layer_path(model, i, rel) for rel in rels for i in range(first, n)], first
+    return target_modules(model, roles, first_layer, fused_qkv=True), layer_index(first_layer, arch.num_layers(model))
 
 
 def lora_deltas(peft_model, modules, conv1d: bool, adapter: str = "default") -> tuple[dict, dict]:
@@ -136,13 +121,12 @@ def adapter_edit(lm, train, cfg: AdapterEditFields, *, method: str, peft_config,
     conv1d) -> (deltas, info)`` reads the trained adapter; ``hooks(peft_model, budget) ->
     (regulariser, after_step)`` (optional) adds a term to the loss and a call after every
     optimiser step (AdaLoRA's orthogonal regulariser and rank allocation)."""
-    import torch
     from peft import get_peft_model
 
     from trustedit import arch
     from trustedit.methods.base import set_seed
-    from trustedit.methods.ft_edit import Row, Runner, run_schedule, step_budget
-    from trustedit.methods.requests import as_requests, encode_request, prompt_bos
+    from trustedit.methods.ft_edit import Runner, request_rows, run_schedule, step_budget
+    from trustedit.methods.requests import as_requests
     from trustedit.patch import Patch
 
     requests = as_requests(train, method)
@@ -151,12 +135,7 @@ def adapter_edit(lm, train, cfg: AdapterEditFields, *, method: str, peft_config,
     model, tok = lm.model, lm.tokenizer
     modules, L = adapter_modules(model, cfg.targets, cfg.first_layer)
     conv1d = arch.arch_for(model).conv1d
-    bos = prompt_bos(tok)
-    rows = []
-    for i, r in enumerate(requests):
-        p, t = encode_request(tok, r.prompt, r.target_new, bos)
-        rows.append(Row(r.id or str(i), p, t))
-    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    rows, pad = request_rows(tok, requests)
     budget = step_budget(len(rows), cfg.schedule, cfg.steps, cfg.epochs, cfg.batch_size)
     config = peft_config(modules, conv1d, budget)
     flags = {n: p.requires_grad for n, p in model.named_parameters()}

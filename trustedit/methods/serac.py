@@ -59,8 +59,6 @@ def _digest(*parts) -> str:
 
 def calibrate(cfg: SERACConfig) -> dict:
     """The scope threshold trained on ``cfg.train_data`` (cached on disk per encoder, data and options)."""
-    import torch
-
     from trustedit.data.knowedit import load
     from trustedit.incontext import embed, encoder
     from trustedit.models import cache_root
