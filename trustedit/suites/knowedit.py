@@ -67,8 +67,8 @@ GEN = "generation"
 
 
 def _pt(what: str, fmt: str) -> str:
-    return (f"{TF}: share of target positions where the argmax equals the {what} token (prompt ids + target ids, "
-            f"right-padded, explicit attention mask); prompt format {fmt}")
+    return (f"{TF}: share of target positions where the argmax equals the {what} token (prompt ids, then the "
+            f"target ids read on the prompt's KV cache); prompt format {fmt}")
 
 
 def _pg(what: str, n: int, fmt: str) -> str:
