@@ -64,6 +64,11 @@ def test_add_expand_split_and_the_radii_after_each():
     # the same key again with another label: the newer edit takes the entry over
     assert b.update(_k(4.5, 0.0), "D", torch.full((3,), 4.0), "e4") == ("split", 2, 0.0)
     assert b.labels[2] == "D" and b.values[2].tolist() == [4.0] * 3 and len(b) == 3
+    # a key within float noise of an existing one is the same key (a split there would leave a radius
+    # below the noise between two passes over the same prompt, which no training pass could hit)
+    action, entry, d = b.update(_k(4.5, 1e-6), "E", torch.full((3,), 5.0), "e5")
+    assert (action, entry) == ("split", 2) and 0 < d < 1e-5 and len(b) == 3 and b.labels[2] == "E"
+    assert b.eps[2].item() >= d
 
 
 def test_inside_is_replaced_outside_is_bit_identical():

@@ -63,6 +63,10 @@ from trustedit.methods.base import Method, MethodConfig, layer_index, opt, set_s
 from trustedit.runtime import RuntimeComponent
 
 KIND = "grace"
+# Two keys closer than SAME_KEY x (1 + |key|) are the same prompt read twice (the same question edited
+# again, or float noise between passes): a split there would leave radii below that noise, so the
+# newer edit takes the entry over instead.
+SAME_KEY = 1e-5
 DISTANCE = "euclidean"
 VALUE_INITS = ("output", "random")
 ACTIONS = ("add", "expand", "split")
@@ -163,9 +167,11 @@ class Codebook(RuntimeComponent):
             self.counts["expand"] += 1
             return "expand", i, d
         self.counts["split"] += 1
-        if d == 0.0:  # the same key with another label: the newer edit takes the entry over
+        tol = SAME_KEY * (1.0 + float(key.norm()))
+        if d <= tol:  # the same key (up to float noise) with another label: the newer edit takes the entry over
             self.labels[i], self.ids[i] = label, edit_id
             self.values[i] = value[0]
+            self.eps[i] = max(float(self.eps[i]), tol)
             return "split", i, d
         half = torch.tensor(d / 2, dtype=torch.float64)
         self.eps[i] = torch.nextafter(half, torch.tensor(0.0, dtype=torch.float64))
@@ -357,6 +363,9 @@ def train_value(lm, book: Codebook, entry: int, prompt_ids: list[int], target_id
                 if step % 10 == 0 or ok or step == cfg.steps:
                     history.append({"step": step, "nll": round(nll_v, 4)})
                 if ok or step == cfg.steps:
+                    break
+                if not nll.requires_grad:  # no position of the prompt falls within the entry's radius
+                    history.append({"step": step, "nll": round(nll_v, 4), "note": "key outside its radius"})
                     break
                 optim.zero_grad(set_to_none=True)
                 nll.backward()
