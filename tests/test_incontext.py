@@ -190,3 +190,13 @@ def test_ike_demonstrations_never_include_the_test_prompt():
     ctx = ContextEditor("serac", [own], embed([own.prompt]), threshold=0.5).context_text(own, own.prompt)
     assert ctx == "New Fact: Who painted the Mona Lisa? Picasso\nWho painted the Mona Lisa? Picasso\n\n" \
                   "New Fact: Who painted the Mona Lisa? Picasso\n"
+
+
+def test_editors_that_do_not_locate_the_subject_accept_a_prompt_without_it():
+    from trustedit.errors import DataError
+    from trustedit.methods.requests import EditRequest, as_requests
+
+    r = EditRequest("By which company, D&RGW 463 has been manufactured?", "Rio Grande 463", "Baldwin", "x")
+    assert len(as_requests([r], "serac", subject=False)) == 1
+    with pytest.raises(DataError, match="Rio Grande 463"):
+        as_requests([r], "rome")

@@ -390,7 +390,7 @@ def fit(lm, requests, cfg: GRACEConfig, stages=None):
     from trustedit.methods.requests import as_requests, encode_request, prompt_bos
     from trustedit.patch import Patch
 
-    requests = as_requests(requests, "grace")
+    requests = as_requests(requests, "grace", subject=False)
     set_seed(cfg.seed)
     t0 = time.time()
     model, tok = lm.model, lm.tokenizer

@@ -113,7 +113,7 @@ def fit(lm, requests, cfg: IKEConfig, stages=None):
     from trustedit.patch import Patch
 
     t0 = time.time()
-    requests = as_requests(requests, "ike")
+    requests = as_requests(requests, "ike", subject=False)
     pool, pool_emb, pool_info = demo_pool(cfg.train_data, cfg.pool_size) if cfg.k else ([], None, {})
     mem = requests.state.setdefault("ike", {"facts": [], "keys": []})
     for j, r in enumerate(requests):

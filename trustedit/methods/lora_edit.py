@@ -129,7 +129,7 @@ def adapter_edit(lm, train, cfg: AdapterEditFields, *, method: str, peft_config,
     from trustedit.methods.requests import as_requests
     from trustedit.patch import Patch
 
-    requests = as_requests(train, method)
+    requests = as_requests(train, method, subject=False)
     set_seed(cfg.seed)
     t0 = time.time()
     model, tok = lm.model, lm.tokenizer

@@ -687,7 +687,7 @@ def fit(lm, requests, cfg: MENDConfig, stages=None):
     from trustedit.methods.requests import as_requests
     from trustedit.patch import Delta, Patch
 
-    requests = as_requests(requests, "mend")
+    requests = as_requests(requests, "mend", subject=False)
     t0 = time.time()
     es, info = editor_for(lm, cfg)
     t_editor = time.time() - t0

@@ -22,14 +22,17 @@ class EditRequest:
     target_new: str
     id: str = ""
 
-    def check(self, where: str = "edit request"):
-        """A one-line error naming the request when a field is missing or the subject is not in the prompt."""
+    def check(self, where: str = "edit request", subject: bool = True):
+        """A one-line error naming the request when a field is missing or (``subject``: for the editors
+        that locate the subject) the subject is not in the prompt."""
         from trustedit.errors import DataError
 
         for f in ("prompt", "target_new"):
             v = getattr(self, f)
             if not isinstance(v, str) or not v.strip():
                 raise DataError(where, self.id or None, f, "missing or empty")
+        if not subject:
+            return self
         if not isinstance(self.subject, str) or not self.subject.strip():
             raise DataError(where, self.id or None, "subject", "missing or empty")
         if self.subject not in self.prompt:
@@ -79,9 +82,10 @@ class RequestBatch(list):
         return self.info
 
 
-def as_requests(train, method: str) -> RequestBatch:
+def as_requests(train, method: str, subject: bool = True) -> RequestBatch:
     """``train`` (one :class:`EditRequest`, a list of them, or a :class:`RequestBatch`) as a checked
-    :class:`RequestBatch`; anything else is a usage error naming the method."""
+    :class:`RequestBatch`; anything else is a usage error naming the method. ``subject=False``: the
+    editor does not locate the subject (MEND, LoRA, GRACE, SERAC, IKE), which need not be in the prompt."""
     from trustedit.errors import UsageError
 
     if isinstance(train, EditRequest):
@@ -91,7 +95,7 @@ def as_requests(train, method: str) -> RequestBatch:
                          f"not on {type(train).__name__}")
     if not train:
         raise UsageError(f"{method}: no edit request to apply")
-    return RequestBatch([r.check() for r in train], getattr(train, "state", None))
+    return RequestBatch([r.check(subject=subject) for r in train], getattr(train, "state", None))
 
 
 def prompt_bos(tokenizer) -> bool:

@@ -131,7 +131,7 @@ def fit(lm, requests, cfg: SERACConfig, stages=None):
     from trustedit.patch import Patch
 
     t0 = time.time()
-    requests = as_requests(requests, "serac")
+    requests = as_requests(requests, "serac", subject=False)
     if cfg.threshold:
         scope = {"threshold": cfg.threshold, "rule": "given (--set threshold=...)"}
     else:
