@@ -200,3 +200,14 @@ def test_editors_that_do_not_locate_the_subject_accept_a_prompt_without_it():
     assert len(as_requests([r], "serac", subject=False)) == 1
     with pytest.raises(DataError, match="Rio Grande 463"):
         as_requests([r], "rome")
+
+
+def test_patch_export_command_refuses_an_edit_memory(tmp_path, capsys):
+    from trustedit.cli import main
+    from trustedit.patch import Patch
+
+    Patch("serac", {}, gate=_editor()).save(tmp_path / "p")
+    code = main(["patch", "export", str(tmp_path / "p"), "--out", str(tmp_path / "merged")])
+    err = capsys.readouterr().err
+    assert code == 2 and "SERAC's edit memory" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "merged").exists()

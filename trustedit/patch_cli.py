@@ -36,8 +36,11 @@ def run(args) -> int:
         return 0
     if args.action in ("apply", "export"):
         if patch.gate is not None:
-            raise UsageError(f"{args.patch}: a {patch.method} patch is a scope gate (a decision taken while the model "
-                             "runs), which merged weights cannot express; use the patch folder itself (trustedit "
+            from trustedit.patch import RUNTIME_WHAT, runtime_kind
+
+            what = RUNTIME_WHAT.get(runtime_kind(patch.gate.describe()), "a runtime component")
+            raise UsageError(f"{args.patch}: a {patch.method} patch holds {what} (it acts while the model runs), "
+                             "which merged weights cannot express; use the patch folder itself (trustedit "
                              "eval/audit --patch)")
         return _export(patch, args)
     return _revert(patch, args)
