@@ -214,6 +214,20 @@ def _finite(o):
     return o
 
 
+def atomic_file(path: Path, write) -> None:
+    """``write(tmp_path)`` beside ``path``, then rename into place (a crash leaves no half-written
+    ``path``, and the temporary file is removed)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
 def write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(_finite(obj), indent=1, default=str, allow_nan=False) + "\n", encoding="utf-8")
 

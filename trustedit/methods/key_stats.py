@@ -16,7 +16,6 @@ and renamed. A model without a stable fingerprint (an in-memory test model) is n
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 FIRST_DOC = 8  # WikiText-2 test documents 0..7 are the retention suite's; the statistics use the rest
@@ -117,11 +116,6 @@ def key_second_moments(lm, layers: list[int], n_tokens: int = 100_000, window: i
 def _save(path: Path, C):
     import torch
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save({"format": FORMAT, "C": C.to(torch.float32)}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    from trustedit.rundir import atomic_file
+
+    atomic_file(path, lambda tmp: torch.save({"format": FORMAT, "C": C.to(torch.float32)}, tmp))

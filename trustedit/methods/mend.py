@@ -66,7 +66,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -560,24 +559,14 @@ def cache_paths(key: str) -> tuple[Path, Path]:
     return d / f"{key}.safetensors", d / f"{key}.json"
 
 
-def _atomic_write(path: Path, write) -> None:
-    """``write(tmp_path)`` then rename into place (a crash leaves only a ``.tmp`` file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def save_editor(es: EditorSet, record: dict, key: str) -> Path:
     from safetensors.torch import save_file
 
+    from trustedit.rundir import atomic_file
+
     st, js = cache_paths(key)
-    _atomic_write(st, lambda p: save_file(es.state(), str(p), metadata={"format": FORMAT}))
-    _atomic_write(js, lambda p: p.write_text(json.dumps(record, indent=1, sort_keys=True), encoding="utf-8"))
+    atomic_file(st, lambda p: save_file(es.state(), str(p), metadata={"format": FORMAT}))
+    atomic_file(js, lambda p: p.write_text(json.dumps(record, indent=1, sort_keys=True), encoding="utf-8"))
     return st
 
 

@@ -62,6 +62,7 @@ def calibrate(cfg: SERACConfig) -> dict:
     from trustedit.data.knowedit import load
     from trustedit.incontext import embed, encoder
     from trustedit.models import cache_root
+    from trustedit.rundir import atomic_file
     from trustedit.scope_gate import knn_scores, threshold_at
 
     m = cfg.calibration_memory
@@ -100,12 +101,7 @@ def calibrate(cfg: SERACConfig) -> dict:
     rec["roc_auc"] = rec.pop("cv_roc_auc")
     rec.pop("folds", None)
     rec.pop("target_over_refusal", None)
-    import os
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(rec, indent=1))
-    os.replace(tmp, path)
+    atomic_file(path, lambda tmp: tmp.write_text(json.dumps(rec, indent=1)))
     _CALIBRATION[key] = rec
     return rec
 
