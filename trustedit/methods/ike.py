@@ -83,15 +83,16 @@ def kinds_for(k: int, ratio, rng) -> list[str]:
     return out
 
 
-def retrieve_demos(pool, pool_emb, prompt: str, k: int, ratio, seed: int) -> list[str]:
-    """The ``k`` demonstrations for the fact whose prompt is ``prompt``: the nearest training edits
-    (most similar last), none of whose text contains ``prompt``."""
+def retrieve_demos(pool, pool_emb, prompt: str, k: int, ratio, seed: int, emb=None) -> list[str]:
+    """The ``k`` demonstrations for the fact whose prompt is ``prompt`` (``emb``: its embedding, when
+    the caller has it): the nearest training edits (most similar last), none of whose text contains
+    ``prompt``."""
     from trustedit.incontext import embed, norm_text
 
     if k == 0 or not pool:
         return []
     q = norm_text(prompt)
-    sims = (embed([prompt]) @ pool_emb.T)[0]
+    sims = (embed([prompt])[0] if emb is None else emb) @ pool_emb.T
     chosen = []
     for i in sims.argsort(descending=True).tolist():
         c = pool[i]
@@ -116,10 +117,11 @@ def fit(lm, requests, cfg: IKEConfig, stages=None):
     requests = as_requests(requests, "ike", subject=False)
     pool, pool_emb, pool_info = demo_pool(cfg.train_data, cfg.pool_size) if cfg.k else ([], None, {})
     mem = requests.state.setdefault("ike", {"facts": [], "keys": []})
-    for j, r in enumerate(requests):
-        demos = retrieve_demos(pool, pool_emb, r.prompt, cfg.k, cfg.ratio, cfg.seed + len(mem["facts"]))
+    keys = embed([r.prompt for r in requests])  # the memory's retrieval keys, and each fact's demo query
+    for r, key in zip(requests, keys):
+        demos = retrieve_demos(pool, pool_emb, r.prompt, cfg.k, cfg.ratio, cfg.seed + len(mem["facts"]), key)
         mem["facts"].append(Fact(r.prompt, r.target_new, demos))
-        mem["keys"].append(embed([r.prompt])[0])
+        mem["keys"].append(key)
     import torch
 
     editor = ContextEditor("ike", list(mem["facts"]), torch.stack(mem["keys"]),

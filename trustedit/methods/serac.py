@@ -134,9 +134,9 @@ def fit(lm, requests, cfg: SERACConfig, stages=None):
         scope = calibrate(cfg)
     demos = fixed_demos(cfg)
     mem = requests.state.setdefault("serac", {"facts": [], "keys": []})
-    for r in requests:
+    for r, key in zip(requests, embed([r.prompt for r in requests])):
         mem["facts"].append(Fact(r.prompt, r.target_new, list(demos), cfg.copy_demo))
-        mem["keys"].append(embed([r.prompt])[0])
+        mem["keys"].append(key)
     editor = ContextEditor("serac", list(mem["facts"]), torch.stack(mem["keys"]), threshold=float(scope["threshold"]),
                            encoder_fingerprint=encoder().fingerprint,
                            info={"scope": {k: v for k, v in scope.items() if k != "train_data"},
