@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass, field
 
 from trustedit.errors import TrusteditError
-from trustedit.runtime import RuntimeComponent, saved_fields
+from trustedit.runtime import RuntimeComponent, keep_on_caches, saved_fields
 
 STATE_ATTR = "_trustedit_context"
 KINDS = ("ike", "serac")
@@ -233,15 +233,7 @@ class ContextEditor(RuntimeComponent):
         if not now:
             return None
         st = now["state"]
-        out_cache = getattr(output, "cache", None)  # transformers >= 5
-        if out_cache is None:
-            out_cache = getattr(output, "past_key_values", None)
-        for c in (out_cache, now["cache"]):
-            if c is not None:
-                try:
-                    setattr(c, STATE_ATTR, st)
-                except AttributeError:
-                    pass
+        out_cache = keep_on_caches(output, now["cache"], STATE_ATTR, st)
         t0 = time.perf_counter()
         try:
             if now["answering"]:

@@ -36,6 +36,22 @@ class RuntimeComponent:
         """Drop what the hooks kept while installed (called after they are removed)."""
 
 
+def keep_on_caches(output, caller_cache, attr: str, state):
+    """Attach ``state`` (a component's per-row state) as ``attr`` to the KV cache a forward pass
+    returned and to the one it was given, so that the next call on either finds it; returns the
+    returned cache (None for a pass without one)."""
+    cache = getattr(output, "cache", None)  # transformers >= 5 (past_key_values is deprecated there)
+    if cache is None:
+        cache = getattr(output, "past_key_values", None)
+    for c in (cache, caller_cache):
+        if c is not None:
+            try:
+                setattr(c, attr, state)
+            except AttributeError:
+                pass
+    return cache
+
+
 @contextmanager
 def saved_fields(where: str):
     """Turn a missing field or tensor, or a value of the wrong type, met while reading a saved

@@ -49,7 +49,7 @@ import time
 from dataclasses import dataclass, field
 
 from trustedit.errors import TrusteditError
-from trustedit.runtime import RuntimeComponent, saved_fields
+from trustedit.runtime import RuntimeComponent, keep_on_caches, saved_fields
 
 FORCED_OTHER = -1.0e4  # logit of every token but the forced one (finite: log-probs stay finite)
 STATE_ATTR = "_trustedit_scope"
@@ -435,15 +435,7 @@ class ScopeGate(RuntimeComponent):
         if not now:
             return None
         st = now["state"]
-        cache = getattr(output, "cache", None)  # transformers >= 5 (past_key_values is deprecated there)
-        if cache is None:
-            cache = getattr(output, "past_key_values", None)
-        for c in (cache, now["cache"]):
-            if c is not None:
-                try:
-                    setattr(c, STATE_ATTR, st)
-                except AttributeError:
-                    pass
+        keep_on_caches(output, now["cache"], STATE_ATTR, st)
         if now["answering"]:
             st.answering = True
         if self.adapters or not bool(st.inscope.any()):
