@@ -22,6 +22,8 @@ import statistics
 import tempfile
 import time
 
+from trustedit.benchmarks import emit
+
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -74,10 +76,7 @@ def main(argv=None) -> int:
            "min_s": round(min(secs), 2), "max_s": round(max(secs), 2), "fits": len(secs), "converged": conv,
            "median_target_prob": round(statistics.median(probs), 3) if probs else None,
            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
-    print(json.dumps(out))
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(out, f, indent=1)
+    emit(out, a.json)
     return 0
 
 

@@ -16,9 +16,10 @@ in scope (SERAC) or deferred to its codebook (GRACE).
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import time
+
+from trustedit.benchmarks import emit
 
 
 def main(argv=None) -> int:
@@ -85,10 +86,7 @@ def main(argv=None) -> int:
     out = {"prompts": len(prompts), "new_tokens": a.tokens, "batch_size": a.batch_size, "model": lm.spec,
            "torch_threads": torch.get_num_threads(), "rows": rows,
            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
-    print(json.dumps(out))
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(out, f, indent=1)
+    emit(out, a.json)
     return 0
 
 
