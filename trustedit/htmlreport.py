@@ -309,7 +309,10 @@ def _patches_applied(r: dict) -> list[str]:
     if meth and proto == "per_instance":
         return [f"{meth['name']}: {len(r.get('edits') or [])} per-instance edits (edit → measure → revert)"]
     if meth and proto == "sequential":
-        return [f"{meth['name']}: {len(r.get('edits') or [])} sequential edits, kept one after another"]
+        fits = r.get("edits") or []
+        n = (fits[-1].get("edited_so_far") if fits else None) or len(fits)  # `trustedit edit`: fits of several edits
+        return [f"{meth['name']}: {n} sequential edits" + (f" in {len(fits)} fits" if n != len(fits) else "")
+                + ", kept one after another"]
     if meth:
         where = (r.get("patch") or {}).get("path")
         return [f"{meth['name']}" + (f" (saved as {where}/)" if where else "")]
